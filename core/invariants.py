@@ -1,0 +1,126 @@
+"""The invariants of MODEL §7, checked at a quiescent point (no thread inside an
+operation or holding a frozen SPTE) and at teardown.
+
+The checker reads the machine's state directly, not through operations: it runs when
+nothing else does, and it must not add yield points to the schedule.  Invariants about
+history (3, 4, 5: what order things happened in) come from the TDX module's audit, which
+records the facts at the moment of each SEAMCALL whether or not the module's own checks
+are enabled; invariant 6 violations are also reported the moment they happen
+(:meth:`core.kvm.Kvm.violation`); 7 is lockdep (LOCKDEP findings); 9's deadlocks and hangs
+are the scheduler's to find.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .spte import (
+    ROOT_LEVEL, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages,
+    spte_to_pfn,
+)
+from .tdx_module import FREE, LEAF_STATES, MAPPED, NL_BLOCKED, NL_MAPPED, PENDING
+
+if TYPE_CHECKING:
+    from .kvm import Kvm
+    from .store import KvmMmuPage
+
+
+def _walk(kvm: "Kvm", root: "KvmMmuPage"):
+    """Every (table, index, gfn, level, value) reachable from ``root``."""
+    stack = [root]
+    while stack:
+        sp = stack.pop()
+        n = level_pages(sp.level)
+        for i, v in enumerate(sp.spt):
+            yield sp, i, sp.gfn + i * n, sp.level, v
+            if is_shadow_present_pte(v) and not is_last_spte(v, sp.level):
+                child = kvm.mmu.pages.get(spte_to_pfn(v))
+                if child is not None:
+                    stack.append(child)
+
+
+def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
+    """All violations found now, as (invariant number, message)."""
+    out: list[tuple[int, str]] = []
+    m = kvm.module
+    mirror_seen: dict[tuple[int, int], int] = {}
+
+    # 2: nothing reachable is frozen (both roots); 1: mirror -> S-EPT agreement.
+    for root in (kvm.mmu.mirror_root, kvm.mmu.direct_root):
+        for sp, i, gfn, level, v in _walk(kvm, root):
+            if is_frozen_spte(v):
+                out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
+            if not root.is_mirror or not is_shadow_present_pte(v):
+                continue
+            if sp.freed:
+                out.append((6, f"freed table {sp!r} still reachable"))
+            mirror_seen[(level, gfn)] = v
+            if not m.hkid_assigned:
+                continue
+            e = m.peek(gfn, level)
+            state = e.state if e else FREE
+            if is_last_spte(v, level):
+                if state not in (PENDING, MAPPED) or e is None or e.pfn != spte_to_pfn(v):
+                    out.append((1, f"mirror leaf gfn={gfn:#x} L{level} pfn={spte_to_pfn(v):#x}"
+                                   f" but S-EPT {state} pfn={getattr(e, 'pfn', None)}"))
+            else:
+                child = kvm.mmu.pages.get(spte_to_pfn(v))
+                ext = child.external_spt if child else None
+                if state != NL_MAPPED or e is None or e.pfn != ext:
+                    out.append((1, f"mirror non-leaf gfn={gfn:#x} L{level} but S-EPT {state}"))
+
+    # 1 (other direction) and 3 (no orphans): every live S-EPT entry is mirrored and
+    # hangs below a non-leaf.
+    if m.hkid_assigned:
+        for (level, gfn), e in sorted(m.entries.items()):
+            if e.state == FREE:
+                continue
+            if (level, gfn) not in mirror_seen:
+                out.append((1, f"S-EPT {e.state} gfn={gfn:#x} L{level} has no present "
+                               "mirror SPTE"))
+            if level < ROOT_LEVEL:
+                parent = m.peek(gfn, level + 1)
+                if parent is None or parent.state not in (NL_MAPPED, NL_BLOCKED):
+                    out.append((3, f"S-EPT {e.state} gfn={gfn:#x} L{level} is orphaned "
+                                   f"(parent {getattr(parent, 'state', FREE)})"))
+
+    # 8: a guest page is mapped in at most one S-EPT leaf.
+    owner: dict[int, tuple[int, int]] = {}
+    for (level, gfn), e in m.entries.items():
+        if e.state in LEAF_STATES and e.pfn is not None:
+            for k in range(level_pages(level)):
+                pfn = e.pfn + k
+                if pfn in owner:
+                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn][1]:#x} and "
+                                   f"gfn={gfn + k:#x}"))
+                    break
+                owner[pfn] = (level, gfn + k)
+
+    # 3, 4, 5: the module's audit of what it was asked to do (new entries only).
+    out.extend(m.audit[m.audit_checked:])
+    m.audit_checked = len(m.audit)
+
+    if final:
+        # 5: every S-EPT table page taken back once the HKID is released.
+        if not m.hkid_assigned:
+            for page, (level, gfn) in sorted(m.sept_pages.items()):
+                if kvm.external_state.get(page) != "leaked":
+                    out.append((5, f"S-EPT page {page:#x} (L{level} gfn={gfn:#x}) never "
+                                   "reclaimed"))
+        # 6: every table page freed once; every external_spt freed or leaked.
+        for sp in kvm.mmu.pages.values():
+            if sp is kvm.mmu.mirror_root or sp is kvm.mmu.direct_root:
+                continue
+            if not sp.freed:
+                out.append((6, f"{sp!r} never freed"))
+        for page, state in sorted(kvm.external_state.items()):
+            if state not in ("freed", "leaked"):
+                out.append((6, f"external_spt {page:#x} left {state}"))
+    return out
+
+
+def report_invariants(kvm: "Kvm", final: bool = False) -> int:
+    """Check and report every violation as an INVARIANT finding; how many there were."""
+    found = check_invariants(kvm, final)
+    for n, msg in found:
+        kvm.violation(n, msg)
+    return len(found)

@@ -1,0 +1,532 @@
+"""The simulated VM: ``struct kvm`` with its vCPUs, guest_memfd, the TDP MMU, the TDX
+hooks and the TDX module, plus the entry points that threads call.
+
+Threads (vCPUs and zappers) are made by ``stress``; here are the kernel paths they run:
+
+* vCPU: :meth:`Kvm.vcpu_enter_guest` (enter, run the guest, handle the exit), with
+  :meth:`Kvm.tdx_handle_ept_violation` for faults (local retry, MODEL §3.4);
+* zappers: punch a hole, convert, delete and re-add a memslot, split a 2M leaf, zap a
+  table, prefault, populate tables, recover huge pages, an MMU-notifier zap.  Each hunt
+  variant swaps one of these for its what-if path (see :mod:`core.variants`);
+* :meth:`Kvm.build` (PAGE.ADD, finalise) and :meth:`Kvm.kvm_destroy_vm` (teardown: close
+  guest_memfd, release the HKID, zap the roots and reclaim the S-EPT pages).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+from .findings import Recorder
+from .mmu_lock import MmuLock
+from .rcu import Rcu
+from .sched import PassThrough, Scheduler, current
+from .spte import (
+    PG_LEVEL_2M, PG_LEVEL_4K, gfn_round_for_level, is_last_spte, is_shadow_present_pte,
+)
+from .store import PageAllocator
+from .tdp_mmu import RET_PF_RETRY, PageFault, TdpMmu
+from .tdx import KVM_REQ_OUTSIDE_GUEST_MODE, KVM_REQ_VM_DEAD, KvmTdx
+from .tdx_errno import NAMES, status, tdx_operand_busy
+from .tdx_module import TdxModule
+from .variants import Variant, get_variant
+
+OUTSIDE_GUEST_MODE = "OUTSIDE_GUEST_MODE"
+IN_GUEST_MODE = "IN_GUEST_MODE"
+
+MUTATIONS = frozenset({"sept_remove_ignores_children", "leave_frozen", "remove_without_track",
+                       "reclaim_with_hkid"})
+
+
+@dataclass(frozen=True)
+class MemRegion:
+    """A private memory region backed by guest_memfd; ``huge`` regions are 2M-aligned
+    and may be mapped by 2M leaves where the variant has them."""
+    base: int
+    npages: int
+    huge: bool = False
+
+    def __contains__(self, gfn: int) -> bool:
+        return self.base <= gfn < self.base + self.npages
+
+
+@dataclass
+class GuestExit:
+    """How a guest run ended: ``reason`` is "ept" (with the GFN, level hint and RIP),
+    "kick" (an IPI from a request), or "done" (the guest program finished)."""
+    reason: str
+    gfn: int | None = None
+    level: int = PG_LEVEL_4K
+    rip: int | None = None
+    private: bool = True
+
+
+class Guest(Protocol):
+    """A guest program: runs while its vCPU is in the guest, until it must exit."""
+
+    def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> GuestExit: ...
+
+
+class KvmVcpu:
+    """struct kvm_vcpu: mode, requests, and the counter the kick waits on."""
+
+    def __init__(self, vcpu_id: int) -> None:
+        self.vcpu_id = vcpu_id
+        self.mode = OUTSIDE_GUEST_MODE
+        self.outside_count = 0      # times it went back to OUTSIDE_GUEST_MODE
+        self.requests: set[str] = set()
+        self.thread: str = ""
+        self.stats = {"entries": 0, "busy_enter": 0, "ept": 0, "kicks": 0, "zap_wait": 0,
+                      "faults": 0, "fault_retries": 0}
+
+    def __repr__(self) -> str:
+        return f"vcpu{self.vcpu_id}"
+
+
+class Kvm:
+    """One TD and everything KVM keeps for it."""
+
+    def __init__(self, variant: Variant | str = "hugepage-rfc", sched: Scheduler | None = None,
+                 *, nr_vcpus: int = 2, regions: tuple[MemRegion, ...] | None = None,
+                 busy_rate: float = 0.0, rng: random.Random | None = None,
+                 mutations: frozenset[str] = frozenset(),
+                 recorder: Recorder | None = None) -> None:
+        self.variant = get_variant(variant) if isinstance(variant, str) else variant
+        unknown = set(mutations) - MUTATIONS
+        if unknown:
+            raise ValueError(f"unknown mutations {sorted(unknown)}; known: {sorted(MUTATIONS)}")
+        self.sched: Scheduler = sched or PassThrough()
+        self.rec = recorder or Recorder(lambda: self.sched.step)
+        self.mutations = frozenset(mutations)
+        self.pages = PageAllocator()
+        self.external_state: dict[int, str] = {}
+        self.mmu_lock = MmuLock(self.sched, self.rec)
+        self.rcu = Rcu(self.sched, self.rec)
+        self.module = TdxModule(self.sched, nr_vcpus, busy_rate=busy_rate, rng=rng,
+                                mutations=self.mutations)
+        self.tdx = KvmTdx(self)
+        self.mmu = TdpMmu(self)
+        self.vcpus = [KvmVcpu(i) for i in range(nr_vcpus)]
+        self.regions = regions if regions is not None else (
+            MemRegion(0x0, 16), MemRegion(0x200, 512, huge=True))
+        self.gmem: dict[int, int] = {}          # private gfn -> pfn (guest_memfd)
+        self.shared_mem: dict[int, int] = {}    # shared gfn -> pfn
+        self.shared_gfns: set[int] = set()      # memory attributes: these are shared
+        self.mmu_invalidate_seq = 0
+        self.mmu_invalidate_in_progress = 0
+        self.invalidate_ranges: list[tuple[int, int]] = []
+        self.vm_bugged = False
+        self.vm_dead = False
+
+    # ------------------------------------------------------------------ reporting
+    def _mark_bugged(self) -> None:
+        def step() -> None:
+            self.vm_bugged = self.vm_dead = True
+            for v in self.vcpus:
+                v.requests.add(KVM_REQ_VM_DEAD)
+        self.sched.op("kvm_vm_bugged", None, step)
+
+    def kvm_bug_on(self, where: str, message: str) -> None:
+        """KVM_BUG_ON(): WARN, mark the VM bugged (vCPUs leave with KVM_REQ_VM_DEAD)."""
+        self.rec.report("KVM_BUG_ON", where, message, current())
+        self._mark_bugged()
+
+    def kvm_bug_on_if(self, cond: bool, where: str, message: str) -> bool:
+        if cond:
+            self.kvm_bug_on(where, message)
+        return cond
+
+    def tdx_bug_on(self, err: int, where: str, seamcall: str) -> bool:
+        """TDX_BUG_ON(err, SEAMCALL, kvm): a failed SEAMCALL that KVM cannot handle."""
+        if not err:
+            return False
+        name = NAMES.get(status(err), f"{status(err):#x}")
+        self.rec.report("TDX_BUG_ON", f"{where}:{seamcall}:{name}",
+                        f"SEAMCALL {seamcall} failed: {err:#x} ({name})", current())
+        self._mark_bugged()
+        return True
+
+    def warn(self, where: str, message: str) -> None:
+        """WARN_ON_ONCE()."""
+        self.rec.report("WARN", where, message, current())
+
+    def bug(self, where: str, message: str) -> None:
+        """BUG(): the host would crash; the model marks the VM dead and goes on."""
+        self.rec.report("BUG", where, message, current())
+        self._mark_bugged()
+
+    def violation(self, invariant: int, message: str) -> None:
+        """An invariant of MODEL §7 broken, seen the moment it happened."""
+        self.rec.report("INVARIANT", f"invariant{invariant}", message, current())
+
+    def external_transition(self, pfn: int, new: str) -> None:
+        """Track an external_spt page: allocated -> in_sept -> freed | leaked."""
+        old = self.external_state.get(pfn)
+        if old in ("freed", "leaked"):
+            self.violation(6, f"external_spt {pfn:#x} {new} after it was {old}")
+        self.external_state[pfn] = new
+
+    # ------------------------------------------------------------------ guest_memfd
+    def region_of(self, gfn: int) -> MemRegion | None:
+        for r in self.regions:
+            if gfn in r:
+                return r
+        return None
+
+    def kvm_gmem_get_pfn(self, gfn: int) -> tuple[int, int] | None:
+        """kvm_gmem_get_pfn(): (pfn, max mapping level), allocating the backing page
+        (a 2M folio for a huge region); None if the gfn has no private backing."""
+        region = self.region_of(gfn)
+        if region is None:
+            return None
+        huge = region.huge and self.variant.hugepages
+
+        def step() -> tuple[int, int]:
+            pfn = self.gmem.get(gfn)
+            if pfn is None:
+                if huge:
+                    base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+                    first = self.pages.alloc_range(512, align=512)
+                    for i in range(512):
+                        self.gmem.setdefault(base + i, first + i)
+                else:
+                    self.gmem[gfn] = self.pages.alloc()
+                pfn = self.gmem[gfn]
+            level = PG_LEVEL_2M if huge and self._folio_intact(gfn) else PG_LEVEL_4K
+            return pfn, level
+        return self.sched.op("kvm_gmem_get_pfn", gfn, step)
+
+    def _folio_intact(self, gfn: int) -> bool:
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        first = self.gmem.get(base)
+        if first is None or first % 512:
+            return False
+        return all(self.gmem.get(base + i) == first + i and (base + i) not in self.shared_gfns
+                   for i in range(512))
+
+    # ------------------------------------------------------------------ invalidation
+    def kvm_mmu_invalidate_begin(self, start: int, end: int) -> None:
+        """kvm_mmu_invalidate_begin(): faults in the range will retry until _end."""
+        def step() -> None:
+            self.mmu_invalidate_in_progress += 1
+            self.invalidate_ranges.append((start, end))
+        self.sched.op("kvm_mmu_invalidate_begin", (start, end), step)
+
+    def kvm_mmu_invalidate_end(self, start: int, end: int) -> None:
+        def step() -> None:
+            self.mmu_invalidate_seq += 1
+            self.mmu_invalidate_in_progress -= 1
+            self.invalidate_ranges.remove((start, end))
+        self.sched.op("kvm_mmu_invalidate_end", (start, end), step)
+
+    def is_page_fault_stale(self, fault: PageFault) -> bool:
+        """is_page_fault_stale() / mmu_invalidate_retry_gfn()."""
+        def step() -> bool:
+            if self.vm_dead:
+                return True
+            if any(s <= fault.gfn < e for s, e in self.invalidate_ranges):
+                return True
+            return self.mmu_invalidate_seq != fault.mmu_seq
+        return self.sched.op("is_page_fault_stale", fault.gfn, step)
+
+    # ------------------------------------------------------------------ faults
+    def kvm_tdp_page_fault(self, gfn: int, private: bool = True,
+                           level_hint: int = PG_LEVEL_2M, write_lock: bool = False) -> int:
+        """kvm_tdp_page_fault() -> kvm_tdp_mmu_page_fault(): resolve the pfn, then map
+        under the read lock (``write_lock`` only for hunt-a1's what-if prefault)."""
+        seq = self.sched.op("READ(mmu_invalidate_seq)", None, lambda: self.mmu_invalidate_seq)
+        if private:
+            got = self.kvm_gmem_get_pfn(gfn)
+            if got is None:
+                return RET_PF_RETRY
+            pfn, max_level = got
+            level = min(max_level, level_hint)
+        else:
+            pfn = self.sched.op("shared_get_pfn", gfn,
+                                lambda: self.shared_mem.setdefault(gfn, self.pages.alloc()))
+            level = PG_LEVEL_4K
+        fault = PageFault(gfn, level, private, pfn, seq)
+        self.mmu_lock.lock("write" if write_lock else "read")
+        try:
+            if self.is_page_fault_stale(fault):
+                return RET_PF_RETRY
+            return self.mmu.kvm_tdp_mmu_map(fault)
+        finally:
+            self.mmu_lock.unlock()
+
+    def tdx_handle_ept_violation(self, vcpu: KvmVcpu, exit: GuestExit) -> int:
+        """tdx_handle_ept_violation(): fault in, retrying locally without re-entering
+        the guest while the fault says RETRY, unless the vCPU has events pending or the
+        VM is dead."""
+        assert exit.gfn is not None
+        while True:
+            vcpu.stats["faults"] += 1
+            ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
+            if ret != RET_PF_RETRY:
+                return ret
+            vcpu.stats["fault_retries"] += 1
+            pending = self.sched.op("kvm_vcpu_has_events", vcpu.vcpu_id,
+                                    lambda: bool(vcpu.requests) or self.vm_dead)
+            if pending:
+                return ret
+
+    # ------------------------------------------------------------------ vCPU run
+    def _set_mode(self, vcpu: KvmVcpu, mode: str) -> None:
+        def step() -> None:
+            vcpu.mode = mode
+            if mode == OUTSIDE_GUEST_MODE:
+                vcpu.outside_count += 1
+        self.sched.op("vcpu->mode", (vcpu.vcpu_id, mode), step)
+
+    def kvm_make_all_cpus_request(self, req: str) -> None:
+        """kvm_make_all_cpus_request(): set ``req`` on every vCPU and wait until each one
+        that was in guest mode has left it (the IPI was acknowledged)."""
+        me = current()
+        vcpu_self = me.vcpu
+
+        def request() -> list[tuple[KvmVcpu, int]]:
+            targets = []
+            for v in self.vcpus:
+                v.requests.add(req)
+                if v.mode == IN_GUEST_MODE and v is not vcpu_self:
+                    targets.append((v, v.outside_count))
+                    v.stats["kicks"] += 1
+            return targets
+        targets = self.sched.op("kvm_make_all_cpus_request", req, request)
+        if targets:
+            def acked() -> bool:
+                return all(v.outside_count != n for v, n in targets)
+            me.pending = "kick.wait"
+            self.sched.op("kvm_kick.wait", tuple(v.vcpu_id for v, _ in targets),
+                          lambda: None, acked)
+            me.pending = ""
+
+    def guest_check_exit(self, vcpu: KvmVcpu) -> bool:
+        """Inside the guest: is an IPI or request pending (the CPU takes the exit)?"""
+        return self.sched.op("guest.irq_pending", vcpu.vcpu_id, lambda: bool(vcpu.requests))
+
+    def vcpu_enter_guest(self, vcpu: KvmVcpu, guest: Guest) -> bool:
+        """One trip of vcpu_enter_guest() with tdx_vcpu_run() and the exit handler.
+        Returns False once the vCPU must stop (the VM is dead)."""
+        m = self.module
+        self._set_mode(vcpu, IN_GUEST_MODE)
+        reqs = self.sched.op("kvm_check_request", vcpu.vcpu_id, lambda: self._take_requests(vcpu))
+        if KVM_REQ_VM_DEAD in reqs:
+            self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            return False
+        if reqs:
+            self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            return True
+        # tdx_vcpu_run(): "Wait until retry of SEPT-zap-related SEAMCALL completes before
+        # allowing vCPU entry to avoid contention with tdh_vp_enter() and TDCALLs."
+        if self.sched.op("READ_ONCE(wait_for_sept_zap)", None, lambda: self.tdx.wait_for_sept_zap):
+            vcpu.stats["zap_wait"] += 1
+            self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            return True
+        err, faked = m.tdh_vp_enter(vcpu.vcpu_id)
+        if tdx_operand_busy(err):
+            vcpu.stats["busy_enter"] += 1
+            self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            return True
+        if err:
+            self.tdx_bug_on(err, "tdx_vcpu_run", "TDH.VP.ENTER")
+            self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            return False
+        if faked is not None:
+            exit = GuestExit("ept", faked, PG_LEVEL_2M, m.vcpus[vcpu.vcpu_id].last_rip)
+        else:
+            vcpu.stats["entries"] += 1
+            exit = guest.run(self, vcpu)
+            m.td_exit(vcpu.vcpu_id, exit.gfn if exit.reason == "ept" and exit.private else None,
+                      exit.rip)
+        self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+        if exit.reason == "ept":
+            vcpu.stats["ept"] += 1
+            self.tdx_handle_ept_violation(vcpu, exit)
+        return exit.reason != "done"
+
+    def _take_requests(self, vcpu: KvmVcpu) -> set[str]:
+        reqs = set(vcpu.requests)
+        vcpu.requests.discard(KVM_REQ_OUTSIDE_GUEST_MODE)
+        return reqs
+
+    # ------------------------------------------------------------------ zapper paths
+    def _ioctl_alive(self) -> bool:
+        """KVM ioctls fail with -EIO once the VM is bugged."""
+        return not self.sched.op("READ(vm_dead)", None, lambda: self.vm_dead)
+
+    def _zap_range(self, start: int, end: int, private: bool, shared_lock: bool = False) -> None:
+        root = self.mmu.mirror_root if private else self.mmu.direct_root
+        if shared_lock:
+            self.mmu_lock.read_lock()
+            try:
+                self.mmu.tdp_mmu_zap_leafs_atomic(root, start, end)
+            finally:
+                self.mmu_lock.read_unlock()
+            return
+        self.mmu_lock.write_lock()
+        try:
+            self.mmu.tdp_mmu_zap_leafs(root, start, end)
+        finally:
+            self.mmu_lock.write_unlock()
+
+    def kvm_gmem_punch_hole(self, start: int, end: int) -> None:
+        """guest_memfd FALLOC_FL_PUNCH_HOLE: zap the private range, free its pages."""
+        if not self._ioctl_alive():
+            return
+        self.kvm_mmu_invalidate_begin(start, end)
+        self._zap_range(start, end, private=True)
+
+        def free() -> None:
+            for g in range(start, end):
+                self.gmem.pop(g, None)
+        self.sched.op("kvm_gmem_free", (start, end), free)
+        self.kvm_mmu_invalidate_end(start, end)
+
+    def kvm_vm_set_mem_attributes(self, start: int, end: int, shared: bool) -> None:
+        """KVM_SET_MEMORY_ATTRIBUTES: convert a range; the mapping in the root being
+        left is zapped (private->shared zaps the mirror)."""
+        if not self._ioctl_alive():
+            return
+        self.kvm_mmu_invalidate_begin(start, end)
+        self._zap_range(start, end, private=shared)
+
+        def flip() -> None:
+            for g in range(start, end):
+                if shared:
+                    self.shared_gfns.add(g)
+                else:
+                    self.shared_gfns.discard(g)
+        self.sched.op("set_mem_attributes", (start, end, shared), flip)
+        self.kvm_mmu_invalidate_end(start, end)
+
+    def kvm_memslot_delete_readd(self, start: int, end: int) -> None:
+        """Delete and re-add a memslot: kvm_mmu_zap_memslot() zaps both roots."""
+        if not self._ioctl_alive():
+            return
+        self.kvm_mmu_invalidate_begin(start, end)
+        self._zap_range(start, end, private=True)
+        self._zap_range(start, end, private=False)
+        self.kvm_mmu_invalidate_end(start, end)
+
+    def kvm_mmu_notifier_zap(self, start: int, end: int) -> None:
+        """An MMU-notifier-style unmap of private leaves.  As designed: the write lock
+        (row 12).  hunt-c: the atomic zap under the read lock (row 11)."""
+        if not self._ioctl_alive():
+            return
+        self.kvm_mmu_invalidate_begin(start, end)
+        self._zap_range(start, end, private=True, shared_lock=self.variant.hunt == "c")
+        self.kvm_mmu_invalidate_end(start, end)
+
+    def kvm_split_huge_page(self, gfn: int) -> bool:
+        """Split the private 2M leaf mapping ``gfn`` under the write lock (row 8)."""
+        if not self.variant.hugepages or not self._ioctl_alive():
+            return False
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        self.mmu_lock.write_lock()
+        self.rcu.rcu_read_lock()
+        try:
+            found = self.mmu._find(self.mmu.mirror_root, base, PG_LEVEL_2M)
+            if found is None:
+                return False
+            sp, i, old = found
+            if not is_shadow_present_pte(old) or not is_last_spte(old, PG_LEVEL_2M):
+                return False
+            return not self.mmu.tdp_mmu_split_huge_page(sp, i, base, old, PG_LEVEL_2M)
+        finally:
+            self.rcu.rcu_read_unlock()
+            self.mmu_lock.write_unlock()
+
+    def kvm_zap_table(self, gfn: int) -> bool:
+        """Zap the 4K table under a 2M range (hugepage RFC, row 14, write lock);
+        hunt-d: with the atomic setter under the read lock (row 13)."""
+        if not self.variant.hugepages or not self._ioctl_alive():
+            return False
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        end = base + 512
+        shared = self.variant.hunt == "d"
+        self.kvm_mmu_invalidate_begin(base, end)
+        self.mmu_lock.lock("read" if shared else "write")
+        try:
+            return self.mmu.tdp_mmu_zap_table(self.mmu.mirror_root, base, PG_LEVEL_2M, shared)
+        finally:
+            self.mmu_lock.unlock()
+            self.kvm_mmu_invalidate_end(base, end)
+
+    def kvm_prefault(self, gfn: int) -> int:
+        """KVM_PRE_FAULT_MEMORY (kvm_tdp_map_page): as designed under the read lock.
+        hunt-a1: installs the leaf with the plain setter under the write lock (row 2)
+        once the tables above it exist (linking them stays as designed)."""
+        if not self._ioctl_alive():
+            return RET_PF_RETRY
+        if self.variant.hunt == "a1" and self._tables_present(gfn, PG_LEVEL_4K):
+            return self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K, write_lock=True)
+        return self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_2M)
+
+    def kvm_populate_tables(self, gfn: int) -> bool:
+        """Pre-populate the mirror tables down to the 4K table for ``gfn`` (as designed:
+        atomic links under the read lock, row 3).  hunt-a2: plain links under the write
+        lock (row 4)."""
+        if not self._ioctl_alive():
+            return False
+        write = self.variant.hunt == "a2"
+        self.mmu_lock.lock("write" if write else "read")
+        try:
+            return self.mmu.kvm_tdp_mmu_populate(gfn, PG_LEVEL_4K, shared=not write)
+        finally:
+            self.mmu_lock.unlock()
+
+    def kvm_recover_huge_pages(self, gfn: int) -> bool:
+        """kvm_tdp_mmu_recover_huge_pages(): as designed it skips mirror roots.  hunt-b:
+        promotes the mirror table under ``gfn`` to a 2M leaf (row 9)."""
+        if self.variant.hunt != "b" or not self._ioctl_alive():
+            return False
+        self.mmu_lock.write_lock()
+        try:
+            return self.mmu.tdp_mmu_promote(self.mmu.mirror_root, gfn)
+        finally:
+            self.mmu_lock.write_unlock()
+
+    def _tables_present(self, gfn: int, level: int) -> bool:
+        self.rcu.rcu_read_lock()
+        try:
+            return self.mmu._find(self.mmu.mirror_root, gfn, level) is not None
+        finally:
+            self.rcu.rcu_read_unlock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def build(self, initial_gfns: tuple[int, ...] = ()) -> None:
+        """KVM_TDX_INIT_MEM_REGION for ``initial_gfns`` (PAGE.ADD through the fault
+        path), then KVM_TDX_FINALIZE_VM (TDH.MR.FINALIZE)."""
+        for gfn in initial_gfns:
+            while self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K) == RET_PF_RETRY:
+                if self.vm_dead:
+                    break
+        err = self.module.tdh_mr_finalize()
+        self.tdx_bug_on(err, "tdx_td_finalize", "TDH.MR.FINALIZE")
+
+    def kvm_destroy_vm(self) -> None:
+        """Teardown, vCPUs gone: close guest_memfd (every private leaf removed while the
+        TD has its key), release the HKID, zap the roots (S-EPT tables reclaimed)."""
+        end = max(r.base + r.npages for r in self.regions)
+        self.mmu_lock.write_lock()
+        try:
+            if self.module.hkid_assigned and not self.vm_bugged:
+                self.mmu.tdp_mmu_zap_leafs(self.mmu.mirror_root, 0, end)
+        finally:
+            self.mmu_lock.write_unlock()
+        err = self.module.release_hkid()
+        self.tdx_bug_on(err, "tdx_mmu_release_hkid", "TDH.MNG.KEY.FREEID")
+        self.mmu_lock.write_lock()
+        try:
+            self.mmu.zap_root(self.mmu.mirror_root)
+            self.mmu.zap_root(self.mmu.direct_root)
+        finally:
+            self.mmu_lock.write_unlock()
+        self.rcu.rcu_barrier()
+
+
+def new_kvm(variant: str = "hugepage-rfc", **kw: object) -> Kvm:
+    """Convenience for tests and examples: ``new_kvm("v6.19", nr_vcpus=1)``."""
+    return Kvm(variant, **kw)  # type: ignore[arg-type]
+

@@ -1,0 +1,52 @@
+"""The scenario oracle: classify every ``handle_changed_spte`` on a mirror SPTE into the
+14 rows of seed 002's table (MODEL §5).
+"""
+from __future__ import annotations
+
+from .spte import is_last_spte, is_shadow_present_pte, spte_to_pfn
+
+# (old kind, new kind, shared) -> row; kinds: "np", "leaf", "nl".  Rows 5, 6, 10 cover
+# both lock modes.
+_ROWS = {
+    ("np", "leaf", True): 1, ("np", "leaf", False): 2,
+    ("np", "nl", True): 3, ("np", "nl", False): 4,
+    ("np", "np", True): 5, ("np", "np", False): 5,
+    ("leaf", "leaf", True): 6, ("leaf", "leaf", False): 6,
+    ("leaf", "nl", True): 7, ("leaf", "nl", False): 8,
+    ("nl", "leaf", True): 9, ("nl", "leaf", False): 9,
+    ("nl", "nl", True): 10, ("nl", "nl", False): 10,
+    ("leaf", "np", True): 11, ("leaf", "np", False): 12,
+    ("nl", "np", True): 13, ("nl", "np", False): 14,
+}
+
+ROW_TEXT = {
+    1: ("NP", "leaf P", "Y"), 2: ("NP", "leaf P", "N"), 3: ("NP", "non-leaf P", "Y"),
+    4: ("NP", "non-leaf P", "N"), 5: ("NP", "NP", "either"), 6: ("leaf P", "leaf P", "either"),
+    7: ("leaf P", "non-leaf P", "Y"), 8: ("leaf P", "non-leaf P", "N"),
+    9: ("non-leaf P", "leaf P", "either"), 10: ("non-leaf P", "non-leaf P", "either"),
+    11: ("leaf P", "NP", "Y"), 12: ("leaf P", "NP", "N"), 13: ("non-leaf P", "NP", "Y"),
+    14: ("non-leaf P", "NP", "N"),
+}
+
+# MODEL §5, as the seed 002 table states it: mirror allowed, KVM_BUG_ON hittable (path).
+EXPECTED = {
+    1: ("Y", "N"), 2: ("N", "Y (a1)"), 3: ("Y", "N"), 4: ("N", "Y (a2)"),
+    5: ("N", "WARN unless MMIO or frozen"), 6: ("either", "N"), 7: ("N", "N"),
+    8: ("Y", "N"), 9: ("N", "Y (b)"), 10: ("either", "WARN if the PFN changed"),
+    11: ("N", "N (c)"), 12: ("Y", "N"), 13: ("N", "Y (d)"), 14: ("Y", "N"),
+}
+
+
+def spte_kind(spte: int, level: int) -> str:
+    if not is_shadow_present_pte(spte):
+        return "np"
+    return "leaf" if is_last_spte(spte, level) else "nl"
+
+
+def classify(old: int, new: int, level: int, shared: bool) -> int | None:
+    """The row of a change, or None for an attribute-only change of a present SPTE
+    (rows 6 and 10 count only PFN-changing transitions)."""
+    ko, kn = spte_kind(old, level), spte_kind(new, level)
+    if ko == kn and ko != "np" and spte_to_pfn(old) == spte_to_pfn(new):
+        return None
+    return _ROWS[(ko, kn, shared)]

@@ -1,0 +1,555 @@
+"""The TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) with mirror roots (MODEL §3).
+
+Functions carry the names of the kernel functions they model.  Both orders of the
+atomic update exist, chosen by the variant:
+
+* "before" (v6.19): freeze, call the TDX hook, write the new value or restore the old,
+  then ``handle_changed_spte`` for bookkeeping (children are handled after the parent's
+  external update);
+* "after" (the 2026 refactor, seed 002 PATCH 07/17): freeze, ``__handle_changed_spte``
+  inside the frozen window propagates to the children *first* and then calls the single
+  ``set_external_spte(old, new)`` hook, then write new or restore old.
+
+The zapper-side paths exist in every variant; a hunt variant swaps exactly one of them
+for its what-if implementation (see :mod:`core.variants`).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .sched import current
+from .spte import (
+    FROZEN_SPTE, PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, SHADOW_NONPRESENT_VALUE,
+    gfn_round_for_level, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages,
+    make_nonleaf_spte, make_spte, spte_index, spte_to_pfn,
+)
+from .oracle import classify
+from .store import KvmMmuPage
+
+if TYPE_CHECKING:
+    from .kvm import Kvm
+
+RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_INVALID = 0, 1, 2, 3
+RET_PF_FIXED, RET_PF_SPURIOUS = 4, 5
+EBUSY, EIO, EINVAL = 16, 5, 22
+
+
+class PageFault:
+    """struct kvm_page_fault, reduced to what the TDP MMU uses."""
+
+    __slots__ = ("gfn", "goal_level", "is_private", "pfn", "mmu_seq")
+
+    def __init__(self, gfn: int, goal_level: int, is_private: bool, pfn: int,
+                 mmu_seq: int = 0) -> None:
+        self.gfn = gfn
+        self.goal_level = goal_level
+        self.is_private = is_private
+        self.pfn = pfn
+        self.mmu_seq = mmu_seq
+
+
+class TdpMmu:
+    def __init__(self, kvm: "Kvm") -> None:
+        self.kvm = kvm
+        self.sched = kvm.sched
+        self.rec = kvm.rec
+        self.variant = kvm.variant
+        self.pages: dict[int, KvmMmuPage] = {}
+        self.mirror_root = self.tdp_mmu_alloc_sp(ROOT_LEVEL, 0, True, root=True)
+        self.direct_root = self.tdp_mmu_alloc_sp(ROOT_LEVEL, 0, False, root=True)
+        self.mirror_root.linked = self.direct_root.linked = True
+
+    # ------------------------------------------------------------------ table pages
+    def tdp_mmu_alloc_sp(self, level: int, gfn: int, mirror: bool,
+                         root: bool = False) -> KvmMmuPage:
+        """tdp_mmu_alloc_sp() (+ kvm_mmu_alloc_external_spt() for a non-root mirror)."""
+        kvm = self.kvm
+        ext = None
+        if mirror and not root:    # the S-EPT root is a TD control page: no external_spt
+            ext = kvm.pages.alloc()
+            kvm.external_state[ext] = "allocated"
+        sp = KvmMmuPage(self.sched, self.rec, kvm.pages.alloc(), level, gfn, mirror, ext)
+        self.pages[sp.pfn] = sp
+        return sp
+
+    def spte_to_child_sp(self, spte: int) -> KvmMmuPage:
+        """spte_to_child_sp()."""
+        return self.pages[spte_to_pfn(spte)]
+
+    def tdp_mmu_free_sp(self, sp: KvmMmuPage) -> None:
+        """tdp_mmu_free_sp(): free a table that was never made reachable, at once."""
+        if sp.linked and not sp.unlinked:
+            self.kvm.violation(6, f"{sp!r} freed at once while linked")
+        self._free_sp(sp)
+        if sp.external_spt is not None:
+            self.kvm.external_transition(sp.external_spt, "freed")
+
+    def _free_sp(self, sp: KvmMmuPage) -> None:
+        sp.free_count += 1
+        if sp.free_count > 1:
+            self.kvm.violation(6, f"{sp!r} freed {sp.free_count} times")
+        sp.freed = True
+
+    def tdp_mmu_free_sp_rcu_callback(self, sp: KvmMmuPage) -> None:
+        """tdp_mmu_free_sp_rcu_callback(): runs after a grace period."""
+        self._free_sp(sp)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def handle_changed_spte(self, sp: KvmMmuPage, gfn: int, old: int, new: int, level: int,
+                            shared: bool) -> int:
+        """handle_changed_spte() / __handle_changed_spte().
+
+        Classifies the change into its scenario row (mirror only), reports the WARN/BUG
+        the kernel has for invalid transitions, tears down a removed subtree, and in the
+        "after" order also propagates to the S-EPT through ``set_external_spte``.
+        Returns that hook's result (0 in the "before" order).
+        """
+        kvm = self.kvm
+        ctx = current()
+        was_present, is_present = is_shadow_present_pte(old), is_shadow_present_pte(new)
+        was_leaf = was_present and is_last_spte(old, level)
+        is_leaf = is_present and is_last_spte(new, level)
+        pfn_changed = spte_to_pfn(old) != spte_to_pfn(new)
+        mirror = sp.is_mirror
+        row = classify(old, new, level, shared) if mirror else None
+        if mirror:
+            if row is None:
+                ctx.attr_changes += 1
+            else:
+                ctx.rows[row] += 1
+        pushed = row is not None
+        if pushed:
+            ctx.row_stack.append(row)
+        try:
+            if not was_present and not is_present:
+                # Row 5: only MMIO or frozen SPTEs may go non-present to non-present.
+                if not is_frozen_spte(new) and not is_frozen_spte(old):
+                    kvm.warn("handle_changed_spte", "non-present to non-present change "
+                             f"gfn={gfn:#x} L{level}")
+                return 0
+            if was_leaf and is_leaf and pfn_changed:
+                kvm.bug("handle_changed_spte", f"leaf PFN changed {spte_to_pfn(old):#x} -> "
+                        f"{spte_to_pfn(new):#x} gfn={gfn:#x}")
+                return 0
+            if was_present and not was_leaf and is_present and not is_leaf and pfn_changed:
+                kvm.warn("handle_changed_spte", f"non-leaf PFN changed gfn={gfn:#x}")
+
+            promote = mirror and was_present and not was_leaf and is_leaf
+            if promote and self.variant.after_order:
+                # hunt-b: the what-if promotion merges the children in the S-EPT with
+                # PROMOTE first, then drops the mirror children without touching the
+                # S-EPT again (doing it the other way round would remove them first).
+                ret = kvm.tdx.set_external_spte(gfn, level, old, new)
+                if not shared and ret:
+                    kvm.kvm_bug_on("handle_changed_spte",
+                                   f"set_external_spte failed ({ret}) under the write lock")
+                if not ret:
+                    self.handle_removed_pt(self.spte_to_child_sp(old), shared, external=False)
+                return ret
+
+            if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
+                self.handle_removed_pt(self.spte_to_child_sp(old), shared)
+
+            if not mirror or not self.variant.after_order:
+                return 0
+            if is_frozen_spte(new) and not was_present:
+                return 0
+            ret = kvm.tdx.set_external_spte(gfn, level, old, new)
+            if ret and not shared:
+                # A change made under the write lock is already written: it cannot fail.
+                kvm.kvm_bug_on("handle_changed_spte",
+                               f"set_external_spte failed ({ret}) under the write lock")
+            return ret
+        finally:
+            if pushed:
+                ctx.row_stack.pop()
+
+    def handle_removed_pt(self, sp: KvmMmuPage, shared: bool, external: bool = True) -> None:
+        """handle_removed_pt(): tear down a table unlinked from the tree, children first."""
+        kvm = self.kvm
+        sp.unlinked = True
+        level = sp.level
+        step = level_pages(level)
+        for i in range(512):
+            gfn = sp.gfn + i * step
+            if shared:
+                # Another thread may own a frozen child (a fault installing it): spin
+                # until it writes a real value back, then take it.
+                while True:
+                    old = sp.xchg(i, FROZEN_SPTE)
+                    if not is_frozen_spte(old):
+                        break
+            else:
+                old = sp.read(i)
+                if not is_shadow_present_pte(old):
+                    continue
+                sp.write(i, FROZEN_SPTE)
+            if not external:
+                continue
+            if sp.is_mirror and not self.variant.after_order:
+                # v6.19: children's bookkeeping, then remove_external_spte().
+                self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
+                if is_shadow_present_pte(old):
+                    kvm.kvm_bug_on_if(shared, "handle_removed_pt",
+                                      "mirror table removed under the read lock")
+                    kvm.tdx.remove_external_spte(gfn, old, level)
+                continue
+            ret = self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
+            if ret and shared:
+                # The parent is already gone: a child's removal cannot be undone (d).
+                kvm.kvm_bug_on("handle_removed_pt",
+                               f"removing child gfn={gfn:#x} L{level} failed ({ret})")
+        if sp.is_mirror and not self.variant.after_order:
+            kvm.tdx.free_external_spt(sp)
+        kvm.rcu.call_rcu(lambda: self.tdp_mmu_free_sp_rcu_callback(sp), "free_sp")
+
+    # ------------------------------------------------------------------ setters
+    def tdp_mmu_set_spte_atomic(self, sp: KvmMmuPage, i: int, gfn: int, old: int, new: int,
+                                level: int) -> int:
+        """tdp_mmu_set_spte_atomic(): change an SPTE under the read lock; -EBUSY if
+        another thread changed it first or the S-EPT update failed."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_read("tdp_mmu_set_spte_atomic")
+        if not sp.is_mirror:
+            ok, _ = sp.cmpxchg(i, old, new)
+            if not ok:
+                return -EBUSY
+            self.handle_changed_spte(sp, gfn, old, new, level, True)
+            return 0
+        if not self.variant.after_order:
+            return self.set_external_spte_present(sp, i, gfn, old, new, level)
+        # seed 000: "KVM doesn't currently support zapping or splitting mirror SPTEs
+        # while holding mmu_lock for read."  hunt-c and hunt-d are the patches that
+        # lift this guard.
+        if self.variant.hunt not in ("c", "d"):
+            if kvm.kvm_bug_on_if(is_shadow_present_pte(old), "__tdp_mmu_set_spte_atomic",
+                                 "mirror SPTE already present") or \
+               kvm.kvm_bug_on_if(not is_shadow_present_pte(new), "__tdp_mmu_set_spte_atomic",
+                                 "mirror SPTE set non-present under the read lock"):
+                return -EBUSY
+        ok, _ = sp.cmpxchg(i, old, FROZEN_SPTE)
+        if not ok:
+            return -EBUSY
+        ret = self.handle_changed_spte(sp, gfn, old, new, level, True)
+        if "leave_frozen" in kvm.mutations:
+            return ret      # planted bug: the frozen SPTE is never written back
+        sp.write(i, old if ret else new)
+        return ret
+
+    def set_external_spte_present(self, sp: KvmMmuPage, i: int, gfn: int, old: int,
+                                  new: int, level: int) -> int:
+        """set_external_spte_present() of v6.19: freeze, link_external_spt or
+        set_external_spte, restore or write, then bookkeeping."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held("set_external_spte_present")
+        if kvm.kvm_bug_on_if(is_shadow_present_pte(old), "set_external_spte_present",
+                             "mirror SPTE already present"):
+            return -EIO
+        ok, _ = sp.cmpxchg(i, old, FROZEN_SPTE)
+        if not ok:
+            return -EBUSY
+        if is_last_spte(new, level):
+            ret = kvm.tdx.set_external_spte(gfn, level, old, new)
+        else:
+            ret = kvm.tdx.link_external_spt(gfn, level, self.spte_to_child_sp(new))
+        if ret and "leave_frozen" in kvm.mutations:
+            return ret
+        sp.write(i, old if ret else new)
+        if ret:
+            return ret
+        self.handle_changed_spte(sp, gfn, old, new, level, True)
+        return 0
+
+    def tdp_mmu_set_spte(self, sp: KvmMmuPage, i: int, gfn: int, old: int, new: int,
+                         level: int) -> int:
+        """tdp_mmu_set_spte(): change an SPTE under the write lock.  The value is written
+        first, so nothing after it can be undone."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_set_spte")
+        if is_frozen_spte(old) or is_frozen_spte(new):
+            kvm.warn("tdp_mmu_set_spte", "frozen SPTE set under the write lock")
+        old = sp.write(i, new)
+        if not sp.is_mirror or self.variant.after_order:
+            self.handle_changed_spte(sp, gfn, old, new, level, False)
+            return old
+        self.handle_changed_spte(sp, gfn, old, new, level, False)
+        # v6.19: "Users that do non-atomic setting of PTEs don't operate on mirror
+        # roots, so don't handle it and bug the VM if it's seen."
+        kvm.kvm_bug_on_if(is_shadow_present_pte(new), "tdp_mmu_set_spte",
+                          "mirror SPTE made present under the write lock")
+        kvm.tdx.remove_external_spte(gfn, old, level)
+        return old
+
+    def tdp_mmu_link_sp(self, sp: KvmMmuPage, i: int, gfn: int, old: int, child: KvmMmuPage,
+                        shared: bool) -> int:
+        """tdp_mmu_link_sp(): point an SPTE at a new child table."""
+        new = make_nonleaf_spte(child.pfn)
+        child.ptep = (sp, i)
+        if shared:
+            ret = self.tdp_mmu_set_spte_atomic(sp, i, gfn, old, new, sp.level)
+            if ret:
+                return ret
+        else:
+            self.tdp_mmu_set_spte(sp, i, gfn, old, new, sp.level)
+        child.linked = True
+        return 0
+
+    # ------------------------------------------------------------------ fault-in
+    def kvm_tdp_mmu_map(self, fault: PageFault) -> int:
+        """kvm_tdp_mmu_map(): walk and install under the read lock (or, in hunt-a1/a2's
+        what-if paths, the write lock: ``shared`` follows the lock actually held)."""
+        kvm = self.kvm
+        shared = current().lock_mode != "write"
+        root = self.mirror_root if fault.is_private else self.direct_root
+        kvm.rcu.rcu_read_lock()
+        try:
+            sp, level = root, ROOT_LEVEL
+            gfn = fault.gfn
+            while True:
+                i = spte_index(gfn, level)
+                old = sp.read(i)
+                if is_frozen_spte(old):
+                    return RET_PF_RETRY
+                if level == fault.goal_level:
+                    if is_shadow_present_pte(old) and not is_last_spte(old, level) \
+                            and root.is_mirror:
+                        # A table already maps this range: never replace it with a leaf
+                        # here (that is promotion, row 9); map at the lower level instead.
+                        fault.goal_level = level - 1
+                    else:
+                        break
+                if is_shadow_present_pte(old):
+                    if is_last_spte(old, level):
+                        return RET_PF_SPURIOUS     # a huge leaf already maps the gfn
+                    sp, level = self.spte_to_child_sp(old), level - 1
+                    continue
+                if not shared and self.variant.hunt == "a1":
+                    # hunt-a1 opens row 2 only: its write-lock mapping never links tables.
+                    return RET_PF_RETRY
+                child = self.tdp_mmu_alloc_sp(level - 1, gfn_round_for_level(gfn, level),
+                                              root.is_mirror)
+                if self.tdp_mmu_link_sp(sp, i, gfn_round_for_level(gfn, level), old, child,
+                                        shared):
+                    self.tdp_mmu_free_sp(child)
+                    return RET_PF_RETRY
+                sp, level = child, level - 1
+            return self.tdp_mmu_map_handle_target_level(sp, i, old, fault, shared)
+        finally:
+            kvm.rcu.rcu_read_unlock()
+
+    def tdp_mmu_map_handle_target_level(self, sp: KvmMmuPage, i: int, old: int,
+                                        fault: PageFault, shared: bool) -> int:
+        """tdp_mmu_map_handle_target_level()."""
+        level = fault.goal_level
+        gfn = gfn_round_for_level(fault.gfn, level)
+        new = make_spte(fault.pfn - (fault.gfn - gfn), level)
+        if new == old or (is_shadow_present_pte(old) and is_last_spte(old, level)):
+            return RET_PF_SPURIOUS
+        if shared:
+            if self.tdp_mmu_set_spte_atomic(sp, i, gfn, old, new, level):
+                return RET_PF_RETRY
+        else:
+            self.tdp_mmu_set_spte(sp, i, gfn, old, new, level)
+        return RET_PF_FIXED
+
+    def kvm_tdp_mmu_populate(self, gfn: int, level: int, shared: bool) -> bool:
+        """Link the mirror tables needed to map ``gfn`` at ``level`` (the table walk of
+        kvm_tdp_mmu_map() without the leaf).  Returns whether they all exist now."""
+        kvm = self.kvm
+        kvm.rcu.rcu_read_lock()
+        try:
+            sp, lvl = self.mirror_root, ROOT_LEVEL
+            while lvl > level:
+                i = spte_index(gfn, lvl)
+                old = sp.read(i)
+                if is_frozen_spte(old):
+                    return False
+                if is_shadow_present_pte(old):
+                    if is_last_spte(old, lvl):
+                        return False
+                    sp, lvl = self.spte_to_child_sp(old), lvl - 1
+                    continue
+                base = gfn_round_for_level(gfn, lvl)
+                child = self.tdp_mmu_alloc_sp(lvl - 1, base, True)
+                if self.tdp_mmu_link_sp(sp, i, base, old, child, shared):
+                    self.tdp_mmu_free_sp(child)
+                    return False
+                sp, lvl = child, lvl - 1
+            return True
+        finally:
+            kvm.rcu.rcu_read_unlock()
+
+    # ------------------------------------------------------------------ walks
+    def _find(self, root: KvmMmuPage, gfn: int, level: int
+              ) -> tuple[KvmMmuPage, int, int] | None:
+        """Walk to the SPTE of ``level`` mapping ``gfn``: (table, index, value), or None
+        when a table on the way is missing or a leaf above ends the walk."""
+        sp, lvl = root, ROOT_LEVEL
+        while True:
+            i = spte_index(gfn, lvl)
+            v = sp.read(i)
+            if lvl == level:
+                return sp, i, v
+            if not is_shadow_present_pte(v) or is_last_spte(v, lvl):
+                return None
+            sp, lvl = self.spte_to_child_sp(v), lvl - 1
+
+    # ------------------------------------------------------------------ zaps
+    def tdp_mmu_zap_leafs(self, root: KvmMmuPage, start: int, end: int) -> bool:
+        """tdp_mmu_zap_leafs(): zap every leaf in [start, end) under the write lock.
+
+        A 2M leaf only partly inside the range is split first (hugepage RFC), so that
+        only the 4K pages in the range go.  Restarts from the root when cond_resched
+        dropped the lock.  Returns whether anything was zapped.
+        """
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_zap_leafs")
+        flush = False
+        kvm.rcu.rcu_read_lock()
+        try:
+            restart = True
+            while restart:
+                restart = False
+                for sp, i, gfn, level, old in self._leaves(root, start, end):
+                    n = level_pages(level)
+                    if level > PG_LEVEL_4K and (gfn < start or gfn + n > end):
+                        self.tdp_mmu_split_huge_page(sp, i, gfn, old, level)
+                        restart = True
+                        break
+                    self.tdp_mmu_set_spte(sp, i, gfn, old, SHADOW_NONPRESENT_VALUE, level)
+                    flush = True
+                    kvm.rcu.rcu_read_unlock()
+                    dropped = kvm.mmu_lock.cond_resched()
+                    kvm.rcu.rcu_read_lock()
+                    if dropped:
+                        restart = True
+                        break
+        finally:
+            kvm.rcu.rcu_read_unlock()
+        return flush
+
+    def _leaves(self, root: KvmMmuPage, start: int, end: int):
+        """Present leaves overlapping [start, end), in GFN order, read one at a time."""
+        def walk(sp: KvmMmuPage):
+            level = sp.level
+            n = level_pages(level)
+            first = max(0, (start - sp.gfn) // n)
+            for i in range(first, 512):
+                gfn = sp.gfn + i * n
+                if gfn >= end:
+                    return
+                if gfn + n <= start:
+                    continue
+                v = sp.read(i)
+                if not is_shadow_present_pte(v):
+                    continue
+                if is_last_spte(v, level):
+                    yield sp, i, gfn, level, v
+                else:
+                    yield from walk(self.spte_to_child_sp(v))
+        return walk(root)
+
+    def tdp_mmu_zap_leafs_atomic(self, root: KvmMmuPage, start: int, end: int) -> int:
+        """hunt-c's what-if: zap mirror leaves in [start, end) under the read lock with
+        the atomic setter (row 11).  Returns how many it zapped."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_read("tdp_mmu_zap_leafs_atomic")
+        zapped = 0
+        kvm.rcu.rcu_read_lock()
+        try:
+            for sp, i, gfn, level, old in list(self._leaves(root, start, end)):
+                while is_shadow_present_pte(old) and is_last_spte(old, level):
+                    if not self.tdp_mmu_set_spte_atomic(sp, i, gfn, old,
+                                                        SHADOW_NONPRESENT_VALUE, level):
+                        zapped += 1
+                        break
+                    if kvm.vm_dead:
+                        return zapped
+                    old = sp.read(i)
+        finally:
+            kvm.rcu.rcu_read_unlock()
+        return zapped
+
+    def tdp_mmu_zap_table(self, root: KvmMmuPage, gfn: int, level: int, shared: bool) -> bool:
+        """Zap the table mapping the level-``level`` range at ``gfn``: replace the
+        non-leaf SPTE with non-present, tearing the subtree down (row 14 under the write
+        lock; row 13, hunt-d's what-if, under the read lock).  Returns whether it did."""
+        kvm = self.kvm
+        kvm.rcu.rcu_read_lock()
+        try:
+            found = self._find(root, gfn, level)
+            if found is None:
+                return False
+            sp, i, old = found
+            if not is_shadow_present_pte(old) or is_last_spte(old, level):
+                return False
+            base = gfn_round_for_level(gfn, level)
+            if shared:
+                return not self.tdp_mmu_set_spte_atomic(sp, i, base, old,
+                                                        SHADOW_NONPRESENT_VALUE, level)
+            self.tdp_mmu_set_spte(sp, i, base, old, SHADOW_NONPRESENT_VALUE, level)
+            return True
+        finally:
+            kvm.rcu.rcu_read_unlock()
+
+    def tdp_mmu_split_huge_page(self, sp: KvmMmuPage, i: int, gfn: int, old: int,
+                                level: int) -> int:
+        """tdp_mmu_split_huge_page() under the write lock (hugepage RFC, row 8): build a
+        table of 512 leaves that map the same pages, then link it in place of the leaf;
+        the S-EPT side (BLOCK, TRACK, DEMOTE) happens in set_external_spte."""
+        child = self.tdp_mmu_alloc_sp(level - 1, gfn, sp.is_mirror)
+        pfn = spte_to_pfn(old)
+        n = level_pages(level - 1)
+        for j in range(512):
+            # The new table is not reachable yet, so no other thread can see these
+            # stores: plain writes, not operations (tdp_mmu_split_huge_page() does the
+            # same before tdp_mmu_link_sp()).
+            child.spt[j] = make_spte(pfn + j * n, level - 1)
+        return self.tdp_mmu_link_sp(sp, i, gfn, old, child, shared=False)
+
+    def tdp_mmu_promote(self, root: KvmMmuPage, gfn: int) -> bool:
+        """hunt-b's what-if: replace a mirror table of 512 contiguous 4K leaves by one 2M
+        leaf under the write lock (row 9).  Returns whether it promoted."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_promote")
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        kvm.rcu.rcu_read_lock()
+        try:
+            found = self._find(root, base, PG_LEVEL_2M)
+            if found is None:
+                return False
+            sp, i, old = found
+            if not is_shadow_present_pte(old) or is_last_spte(old, PG_LEVEL_2M):
+                return False
+            child = self.spte_to_child_sp(old)
+            first = None
+            for j in range(512):
+                v = child.read(j)
+                if not is_shadow_present_pte(v):
+                    return False
+                if first is None:
+                    first = spte_to_pfn(v)
+                    if first % 512:
+                        return False
+                elif spte_to_pfn(v) != first + j:
+                    return False
+            assert first is not None
+            self.tdp_mmu_set_spte(sp, i, base, old, make_spte(first, PG_LEVEL_2M), PG_LEVEL_2M)
+            return True
+        finally:
+            kvm.rcu.rcu_read_unlock()
+
+    def zap_root(self, root: KvmMmuPage) -> None:
+        """__tdp_mmu_zap_root() at teardown, write lock: zap every top-level entry; the
+        subtrees go through handle_removed_pt, children first."""
+        kvm = self.kvm
+        kvm.rcu.rcu_read_lock()
+        try:
+            for i in range(512):
+                old = root.read(i)
+                if not is_shadow_present_pte(old):
+                    continue
+                self.tdp_mmu_set_spte(root, i, i * level_pages(ROOT_LEVEL), old,
+                                      SHADOW_NONPRESENT_VALUE, ROOT_LEVEL)
+        finally:
+            kvm.rcu.rcu_read_unlock()

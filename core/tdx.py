@@ -1,0 +1,261 @@
+"""KVM's side of the TDX hooks (arch/x86/kvm/vmx/tdx.c, MODEL §4.3).
+
+Mapping: BUSY becomes ``-EBUSY`` (the mirror is restored and the fault retried); any
+other error is ``TDX_BUG_ON``.  Removal goes BLOCK, TRACK plus a kick, REMOVE, WBINVD,
+each of BLOCK/TRACK/REMOVE through ``tdh_do_no_vcpus`` (one retry after forcing every
+vCPU out and holding new entries off with ``wait_for_sept_zap``).  The v6.19 split hooks
+and the single ``set_external_spte(old, new)`` hook of seed 000 both exist, selected by
+the variant.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from .spte import PG_LEVEL_4K, is_last_spte, is_shadow_present_pte, spte_to_pfn
+from .store import KvmMmuPage
+from .tdx_errno import tdx_operand_busy
+from .tdx_module import TD_RUNNABLE
+from .tdp_mmu import EBUSY, EIO
+
+if TYPE_CHECKING:
+    from .kvm import Kvm
+
+KVM_REQ_OUTSIDE_GUEST_MODE = "KVM_REQ_OUTSIDE_GUEST_MODE"
+KVM_REQ_VM_DEAD = "KVM_REQ_VM_DEAD"
+
+
+class KvmTdx:
+    """struct kvm_tdx plus the TDX hooks of kvm_x86_ops."""
+
+    def __init__(self, kvm: "Kvm") -> None:
+        self.kvm = kvm
+        self.module = kvm.module
+        self.wait_for_sept_zap = False
+
+    # ------------------------------------------------------------------ helpers
+    def _set_wait_for_sept_zap(self, value: bool) -> None:
+        def step() -> None:
+            self.wait_for_sept_zap = value
+        self.kvm.sched.op("WRITE_ONCE(wait_for_sept_zap)", value, step)
+
+    def tdh_do_no_vcpus(self, name: str, fn: Callable[..., int], *args: int) -> int:
+        """tdh_do_no_vcpus(): one SEAMCALL, and on BUSY one retry with every vCPU out of
+        the guest and new entries held off."""
+        kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_write("tdh_do_no_vcpus")
+        err = fn(*args)
+        if tdx_operand_busy(err):
+            self._set_wait_for_sept_zap(True)
+            kvm.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+            err = fn(*args)
+            self._set_wait_for_sept_zap(False)
+        return err
+
+    def tdx_track(self) -> None:
+        """tdx_track(): TRACK, then kick every vCPU so that the old epoch drains."""
+        kvm = self.kvm
+        if self.module.td_state != TD_RUNNABLE:
+            return
+        if "remove_without_track" in kvm.mutations:
+            return
+        kvm.mmu_lock.lockdep_assert_held_write("tdx_track")
+        err = self.tdh_do_no_vcpus("TDH.MEM.TRACK", self.module.tdh_mem_track)
+        kvm.tdx_bug_on(err, "tdx_track", "TDH.MEM.TRACK")
+        kvm.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+
+    # ------------------------------------------------------------------ mapping
+    def tdx_sept_link_private_spt(self, gfn: int, level: int, child: KvmMmuPage) -> int:
+        """tdx_sept_link_private_spt(): TDH.MEM.SEPT.ADD of the child's external_spt."""
+        kvm = self.kvm
+        if kvm.kvm_bug_on_if(child.external_spt is None, "tdx_spte_to_external_spt",
+                             "child has no external_spt") or \
+           kvm.kvm_bug_on_if(child.level + 1 != level, "tdx_spte_to_external_spt",
+                             "child level mismatch"):
+            return -EIO
+        assert child.external_spt is not None
+        err = self.module.tdh_mem_sept_add(gfn, level, child.external_spt)
+        if tdx_operand_busy(err):
+            return -EBUSY
+        if kvm.tdx_bug_on(err, "tdx_sept_link_private_spt", "TDH.MEM.SEPT.ADD"):
+            return -EIO
+        kvm.external_transition(child.external_spt, "in_sept")
+        return 0
+
+    def link_external_spt(self, gfn: int, level: int, child: KvmMmuPage) -> int:
+        """kvm_x86_ops.link_external_spt (v6.19 only)."""
+        return self.tdx_sept_link_private_spt(gfn, level, child)
+
+    def tdx_sept_set_private_spte(self, gfn: int, level: int, new: int) -> int:
+        """tdx_sept_set_private_spte() for a leaf: PAGE.ADD before the TD is finalised,
+        PAGE.AUG after."""
+        kvm = self.kvm
+        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
+                             "tdx_sept_set_private_spte", "large page without hugepage support"):
+            return -EIO
+        pfn = spte_to_pfn(new)
+        if self.module.td_state != TD_RUNNABLE:
+            err = self.module.tdh_mem_page_add(gfn, pfn)
+            what = "TDH.MEM.PAGE.ADD"
+        else:
+            err = self.module.tdh_mem_page_aug(gfn, level, pfn)
+            what = "TDH.MEM.PAGE.AUG"
+        if tdx_operand_busy(err):
+            return -EBUSY
+        if kvm.tdx_bug_on(err, "tdx_sept_set_private_spte", what):
+            return -EIO
+        return 0
+
+    def set_external_spte(self, gfn: int, level: int, old: int, new: int) -> int:
+        """kvm_x86_ops.set_external_spte.  v6.19: a leaf only.  After seed 000 and the
+        2026 refactor: the single hook; TDX decides which SEAMCALLs the change needs."""
+        if not self.kvm.variant.after_order:
+            return self.tdx_sept_set_private_spte(gfn, level, new)
+        was_present = is_shadow_present_pte(old)
+        is_present = is_shadow_present_pte(new)
+        was_leaf = was_present and is_last_spte(old, level)
+        is_leaf = is_present and is_last_spte(new, level)
+        if not was_present and is_present:
+            if is_leaf:
+                return self.tdx_sept_set_private_spte(gfn, level, new)
+            return self.tdx_sept_link_private_spt(gfn, level,
+                                                  self.kvm.mmu.spte_to_child_sp(new))
+        if was_present and not is_present:
+            if was_leaf:
+                return self.tdx_sept_remove_private_spte(gfn, level, old)
+            return self.tdx_sept_remove_private_spt(gfn, level, old)
+        if was_leaf and is_present and not is_leaf:
+            return self.tdx_sept_split_private_spte(gfn, level, old, new)
+        if was_present and not was_leaf and is_leaf:
+            return self.tdx_sept_promote_private_spte(gfn, level, old, new)
+        return 0
+
+    # ------------------------------------------------------------------ removal
+    def remove_external_spte(self, gfn: int, old: int, level: int) -> None:
+        """tdp_mmu.c remove_external_spte() of v6.19: leaves only (tables go through
+        free_external_spt), write lock asserted."""
+        if not is_shadow_present_pte(old) or not is_last_spte(old, level):
+            return
+        self.kvm.mmu_lock.lockdep_assert_held_write("remove_external_spte")
+        self.tdx_sept_remove_private_spte(gfn, level, old)
+
+    def tdx_sept_remove_private_spte(self, gfn: int, level: int, old: int) -> int:
+        """tdx_sept_remove_private_spte(): BLOCK, TRACK + kick, REMOVE, WBINVD."""
+        kvm, m = self.kvm, self.module
+        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_remove_private_spte")
+        if kvm.kvm_bug_on_if(not m.hkid_assigned, "tdx_sept_remove_private_spte",
+                             "private leaf zapped after the HKID was released"):
+            return -EIO
+        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
+                             "tdx_sept_remove_private_spte", "large page"):
+            return -EIO
+        if "remove_without_track" not in kvm.mutations:
+            err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
+            if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.RANGE.BLOCK"):
+                return -EIO
+        self.tdx_track()
+        err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.REMOVE", m.tdh_mem_page_remove, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.PAGE.REMOVE"):
+            return -EIO
+        m.tdh_phymem_page_wbinvd_hkid(spte_to_pfn(old))
+        return 0
+
+    def tdx_sept_remove_private_spt(self, gfn: int, level: int, old: int) -> int:
+        """Removing an S-EPT table through set_external_spte (after the refactor).
+
+        With the HKID released (teardown) the page is just reclaimed.  In a live TD
+        (hugepage RFC table zap): BLOCK the non-leaf, TRACK + kick, SEPT.REMOVE (which
+        needs all 512 children FREE), WBINVD.  A failure leaks the page on purpose.
+        """
+        kvm, m = self.kvm, self.module
+        child = kvm.mmu.spte_to_child_sp(old)
+        if not m.hkid_assigned:
+            return self.tdx_sept_reclaim_private_spt(child)
+        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_remove_private_spt")
+        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spt", "TDH.MEM.RANGE.BLOCK"):
+            self._leak(child)
+            return -EIO
+        self.tdx_track()
+        err = self.tdh_do_no_vcpus("TDH.MEM.SEPT.REMOVE", m.tdh_mem_sept_remove, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spt", "TDH.MEM.SEPT.REMOVE"):
+            self._leak(child)
+            return -EIO
+        assert child.external_spt is not None
+        m.tdh_phymem_page_wbinvd_hkid(child.external_spt)
+        kvm.external_transition(child.external_spt, "freed")
+        return 0
+
+    def tdx_sept_reclaim_private_spt(self, child: KvmMmuPage) -> int:
+        """tdx_sept_reclaim_private_spt(): TDH.PHYMEM.PAGE.RECLAIM of a table's page."""
+        kvm = self.kvm
+        if child.external_spt is None:
+            return 0
+        err = self.module.tdh_phymem_page_reclaim(child.external_spt)
+        if kvm.tdx_bug_on(err, "tdx_sept_reclaim_private_spt", "TDH.PHYMEM.PAGE.RECLAIM"):
+            self._leak(child)
+            return -EIO
+        kvm.external_transition(child.external_spt, "freed")
+        return 0
+
+    def free_external_spt(self, sp: KvmMmuPage) -> None:
+        """kvm_x86_ops.free_external_spt / tdx_sept_free_private_spt() of v6.19: only
+        legal once the HKID is released; on failure the page is leaked on purpose."""
+        kvm = self.kvm
+        if sp.external_spt is None:
+            return
+        if kvm.kvm_bug_on_if(self.module.hkid_assigned, "tdx_sept_free_private_spt",
+                             "S-EPT table freed while the HKID is assigned"):
+            kvm.warn("handle_removed_pt", "free_external_spt failed: page leaked")
+            self._leak(sp)
+            return
+        err = self.module.tdh_phymem_page_reclaim(sp.external_spt)
+        if err:
+            kvm.warn("handle_removed_pt", "free_external_spt failed: page leaked")
+            self._leak(sp)
+            return
+        kvm.external_transition(sp.external_spt, "freed")
+
+    def _leak(self, sp: KvmMmuPage) -> None:
+        if sp.external_spt is not None:
+            self.kvm.external_transition(sp.external_spt, "leaked")
+            sp.external_spt = None
+
+    # ------------------------------------------------------------------ huge pages
+    def tdx_sept_split_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
+        """Split of a private 2M leaf under the write lock (hugepage RFC): BLOCK, TRACK +
+        kick, DEMOTE into the new table's external_spt."""
+        kvm, m = self.kvm, self.module
+        child = kvm.mmu.spte_to_child_sp(new)
+        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_split_private_spte")
+        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_split_private_spte", "TDH.MEM.RANGE.BLOCK"):
+            return -EIO
+        self.tdx_track()
+        assert child.external_spt is not None
+        err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.DEMOTE", m.tdh_mem_page_demote, gfn, level,
+                                   child.external_spt)
+        if kvm.tdx_bug_on(err, "tdx_sept_split_private_spte", "TDH.MEM.PAGE.DEMOTE"):
+            return -EIO
+        kvm.external_transition(child.external_spt, "in_sept")
+        return 0
+
+    def tdx_sept_promote_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
+        """hunt-b's what-if promotion: BLOCK the table, TRACK, PROMOTE, each called once
+        (the patch does not go through tdh_do_no_vcpus).  BUSY is returned as -EBUSY; the
+        caller holds the write lock and cannot undo the mirror change."""
+        kvm, m = self.kvm, self.module
+        child = kvm.mmu.spte_to_child_sp(old)
+        for what, fn, args in (("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, (gfn, level)),
+                               ("TDH.MEM.TRACK", m.tdh_mem_track, ()),
+                               ("TDH.MEM.PAGE.PROMOTE", m.tdh_mem_page_promote, (gfn, level))):
+            err = fn(*args)
+            if tdx_operand_busy(err):
+                return -EBUSY
+            if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", what):
+                return -EIO
+            if what == "TDH.MEM.TRACK":
+                kvm.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+        if child.external_spt is not None:
+            kvm.external_transition(child.external_spt, "freed")
+        return 0
+

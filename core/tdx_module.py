@@ -1,0 +1,677 @@
+"""The simulated TDX module (MODEL §4): S-EPT, try-locks, epochs, zero-step, lifecycle.
+
+Every SEAMCALL is two operations of the scheduler: the first walks the S-EPT and
+try-takes every lock the call needs (returning ``TDX_OPERAND_BUSY`` at once if one is
+taken, as the module never waits); the second checks states, applies the effect and
+releases the locks.  Between the two, other threads run and see the locks held, so two
+SEAMCALLs on two threads really collide and BUSY comes from modelled contention.
+
+The S-EPT is a dict of entries keyed by (level, first gfn); an entry at level L maps
+``level_pages(L)`` 4K pages.  Level-4 entries live in the TD's root (a TD control page),
+so they always exist; an entry below is reachable when the entry above it is a non-leaf.
+
+The module also audits what it is asked to do (``audit``): the facts MODEL §7 needs
+(a table removed with live children, a leaf removed untracked, a page reclaimed with the
+HKID still assigned) are recorded whether or not the module's own checks are enabled, so
+a deliberately broken model (``mutations``) is still caught by the invariant checker.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from .sched import Scheduler
+from .spte import PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, gfn_round_for_level, level_pages
+from .tdx_errno import (
+    TDX_EPT_ENTRY_STATE_INCORRECT, TDX_EPT_INVALID_PROMOTE_CONDITIONS, TDX_EPT_PAGE_NOT_FREE,
+    TDX_EPT_WALK_FAILED, TDX_GPA_RANGE_ALREADY_BLOCKED, TDX_GPA_RANGE_NOT_BLOCKED,
+    TDX_LIFECYCLE_STATE_INCORRECT, TDX_OP_STATE_INCORRECT, TDX_OPERAND_BUSY,
+    TDX_OPERAND_BUSY_HOST_PRIORITY, TDX_OPERAND_ID_RCX, TDX_OPERAND_ID_SEPT,
+    TDX_OPERAND_ID_TD_EPOCH, TDX_OPERAND_ID_TDR, TDX_OPERAND_ID_TDVPR,
+    TDX_PAGE_ALREADY_ACCEPTED, TDX_PAGE_SIZE_MISMATCH, TDX_PREVIOUS_TLB_EPOCH_BUSY,
+    TDX_SUCCESS,
+)
+
+# S-EPT entry states (MODEL §4.2)
+FREE = "FREE"
+NL_MAPPED = "NL_MAPPED"
+NL_BLOCKED = "NL_BLOCKED"
+PENDING = "PENDING"
+MAPPED = "MAPPED"
+BLOCKED = "BLOCKED"
+PENDING_BLOCKED = "PENDING_BLOCKED"
+LEAF_STATES = (PENDING, MAPPED, BLOCKED, PENDING_BLOCKED)
+BLOCKED_STATES = (BLOCKED, PENDING_BLOCKED, NL_BLOCKED)
+
+# TD lifecycle
+TD_BUILD = "BUILD"           # initialised, not finalised: PAGE.ADD allowed
+TD_RUNNABLE = "RUNNABLE"     # finalised: VP.ENTER, PAGE.AUG
+TD_TEARDOWN = "TEARDOWN"     # HKID released: only reclaim
+
+ZERO_STEP_THRESHOLD = 6      # EPT violations at one RIP before stepping is suspected
+ZERO_STEP_MAX_GPAS = 32
+
+# Who holds a lock, for classifying BUSY by source.
+SRC_ZERO_STEP = "zero_step"
+SRC_EPOCH = "epoch"
+SRC_ACCEPT = "accept"
+SRC_INJECTED = "injected"
+SRC_SEPT_TREE = "sept_tree"
+SRC_SEPT_ENTRY = "sept_entry"
+SRC_TDR = "tdr"
+SRC_TDVPR = "tdvpr"
+
+
+class SeptEntry:
+    __slots__ = ("state", "pfn", "bepoch", "lock", "host_prio")
+
+    def __init__(self) -> None:
+        self.state = FREE
+        self.pfn: int | None = None     # leaf: guest page; non-leaf: S-EPT table page
+        self.bepoch: int | None = None  # TD epoch when blocked
+        self.lock: _Call | None = None  # the SEAMCALL/TDCALL holding the entry lock
+        self.host_prio = False
+
+    def __repr__(self) -> str:
+        return f"SeptEntry({self.state}, pfn={self.pfn})"
+
+
+class _Call:
+    """One SEAMCALL or TDCALL in flight: what it locked, so its second step can release."""
+
+    __slots__ = ("name", "guest", "vcpu", "entries", "tree", "epoch", "tdr", "tdvpr")
+
+    def __init__(self, name: str, guest: bool = False, vcpu: "TdVcpu | None" = None) -> None:
+        self.name = name
+        self.guest = guest
+        self.vcpu = vcpu
+        self.entries: list[SeptEntry] = []
+        self.tree: str | None = None    # "shared" or "excl"
+        self.epoch: str | None = None
+        self.tdr: str | None = None
+        self.tdvpr: TdVcpu | None = None
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class TdVcpu:
+    """The module's per-vCPU state (TDVPS): epoch it runs in, zero-step detector."""
+
+    __slots__ = ("vcpu_id", "running_epoch", "tdvpr_lock", "last_rip", "ept_count",
+                 "zstep_gpas", "entered", "exits")
+
+    def __init__(self, vcpu_id: int) -> None:
+        self.vcpu_id = vcpu_id
+        self.running_epoch: int | None = None   # set while in the guest
+        self.tdvpr_lock: _Call | None = None
+        self.last_rip: int | None = None
+        self.ept_count = 0
+        self.zstep_gpas: list[int] = []         # GFNs recorded under zero-step mitigation
+        self.entered = 0
+        self.exits = 0
+
+
+class TdxModule:
+    """One TD's view of the TDX module.
+
+    ``busy_rate`` injects extra ``TDX_OPERAND_BUSY`` from ``rng`` (its own seeded stream)
+    on top of the modelled contention, standing for contenders the model does not
+    simulate (other TDCALLs of a running guest).  It only ever fires while some vCPU of
+    the TD is in the guest, because only then can such a contender exist: after KVM has
+    kicked every vCPU out, the real module cannot be busy, and neither is the model.
+    """
+
+    def __init__(self, sched: Scheduler, nr_vcpus: int, *, busy_rate: float = 0.0,
+                 rng: random.Random | None = None,
+                 mutations: frozenset[str] = frozenset()) -> None:
+        self._sched = sched
+        self.entries: dict[tuple[int, int], SeptEntry] = {}
+        self.td_state = TD_BUILD
+        self.hkid_assigned = True
+        self.td_epoch = 1
+        self.epoch_shared = 0
+        self.epoch_excl: _Call | None = None
+        self.tree_shared = 0
+        self.tree_excl: _Call | None = None
+        self.tdr_shared = 0
+        self.tdr_excl: _Call | None = None
+        self.vcpus = [TdVcpu(i) for i in range(nr_vcpus)]
+        self.sept_pages: dict[int, tuple[int, int]] = {}   # TD-owned S-EPT pages -> (level, gfn)
+        self.reclaimed: set[int] = set()
+        self.busy_rate = busy_rate
+        self._rng = rng or random.Random(0)
+        self.mutations = mutations
+        self.busy: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.audit: list[tuple[int, str]] = []   # (MODEL §7 invariant number, message)
+        self.audit_checked = 0                   # how much of it the checker has seen
+
+    # ------------------------------------------------------------------ S-EPT access
+    def entry(self, gfn: int, level: int) -> SeptEntry:
+        key = (level, gfn_round_for_level(gfn, level))
+        e = self.entries.get(key)
+        if e is None:
+            e = self.entries[key] = SeptEntry()
+        return e
+
+    def peek(self, gfn: int, level: int) -> SeptEntry | None:
+        return self.entries.get((level, gfn_round_for_level(gfn, level)))
+
+    def _walk(self, gfn: int, level: int, guest: bool = False) -> tuple[SeptEntry | None, int]:
+        """Walk from the root to the entry of ``level`` that maps ``gfn``.
+
+        Returns (entry, 0) or (None, error).  A leaf above ``level`` is a size mismatch;
+        a missing table on the way is a walk failure.  Host calls walk through a blocked
+        non-leaf (children are removed under a blocked parent); the guest does not.
+        """
+        for lvl in range(ROOT_LEVEL, level, -1):
+            e = self.peek(gfn, lvl)
+            state = e.state if e else FREE
+            if state == NL_MAPPED or (state == NL_BLOCKED and not guest):
+                continue
+            if state in LEAF_STATES:
+                return None, TDX_PAGE_SIZE_MISMATCH
+            return None, TDX_EPT_WALK_FAILED
+        return self.entry(gfn, level), TDX_SUCCESS
+
+    def leaf_of(self, gfn: int) -> tuple[int, SeptEntry] | None:
+        """The leaf mapping ``gfn`` at any level, if the walk reaches one."""
+        for lvl in range(ROOT_LEVEL, 0, -1):
+            e = self.peek(gfn, lvl)
+            if e is None or e.state == FREE:
+                return None
+            if e.state in LEAF_STATES:
+                return lvl, e
+        return None
+
+    def children(self, gfn: int, level: int) -> list[SeptEntry | None]:
+        """The 512 entries of the table below the non-leaf entry (level, gfn)."""
+        base = gfn_round_for_level(gfn, level)
+        step = level_pages(level - 1)
+        return [self.peek(base + i * step, level - 1) for i in range(512)]
+
+    # ------------------------------------------------------------------ locks
+    def _count_busy(self, source: str) -> None:
+        self.busy[source] = self.busy.get(source, 0) + 1
+
+    def _busy(self, source: str, operand: int) -> int:
+        self._count_busy(source)
+        return TDX_OPERAND_BUSY | operand
+
+    def _tree_holder_source(self) -> str:
+        c = self.tree_excl
+        return SRC_ZERO_STEP if c is not None and c.name == "TDH.VP.ENTER" else SRC_SEPT_TREE
+
+    def _take_tree(self, call: _Call, excl: bool) -> int:
+        if self.tree_excl is not None:
+            return self._busy(self._tree_holder_source(), TDX_OPERAND_ID_SEPT)
+        if excl:
+            if self.tree_shared:
+                return self._busy(SRC_SEPT_TREE, TDX_OPERAND_ID_SEPT)
+            self.tree_excl = call
+            call.tree = "excl"
+        else:
+            self.tree_shared += 1
+            call.tree = "shared"
+        return TDX_SUCCESS
+
+    def _take_entry(self, call: _Call, e: SeptEntry) -> int:
+        """Try-take an entry lock.  Host priority: a host that finds the lock taken sets
+        the bit; a guest that then comes for a free lock backs off so the host wins."""
+        if e.lock is not None:
+            if not call.guest:
+                e.host_prio = True
+            return self._busy(SRC_ACCEPT if e.lock.guest else SRC_SEPT_ENTRY,
+                              TDX_OPERAND_ID_SEPT)
+        if call.guest and e.host_prio:
+            self._count_busy("host_priority")
+            return TDX_OPERAND_BUSY_HOST_PRIORITY | TDX_OPERAND_ID_SEPT
+        if not call.guest:
+            e.host_prio = False
+        e.lock = call
+        call.entries.append(e)
+        return TDX_SUCCESS
+
+    def _take_tdr(self, call: _Call, excl: bool) -> int:
+        if self.tdr_excl is not None or (excl and self.tdr_shared):
+            return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
+        if excl:
+            self.tdr_excl = call
+            call.tdr = "excl"
+        else:
+            self.tdr_shared += 1
+            call.tdr = "shared"
+        return TDX_SUCCESS
+
+    def _take_epoch(self, call: _Call, excl: bool) -> int:
+        if self.epoch_excl is not None or (excl and self.epoch_shared):
+            return self._busy(SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
+        if excl:
+            self.epoch_excl = call
+            call.epoch = "excl"
+        else:
+            self.epoch_shared += 1
+            call.epoch = "shared"
+        return TDX_SUCCESS
+
+    def _release(self, call: _Call) -> None:
+        for e in call.entries:
+            if e.lock is call:
+                e.lock = None
+        call.entries.clear()
+        if call.tree == "excl":
+            self.tree_excl = None
+        elif call.tree == "shared":
+            self.tree_shared -= 1
+        call.tree = None
+        if call.epoch == "excl":
+            self.epoch_excl = None
+        elif call.epoch == "shared":
+            self.epoch_shared -= 1
+        call.epoch = None
+        if call.tdr == "excl":
+            self.tdr_excl = None
+        elif call.tdr == "shared":
+            self.tdr_shared -= 1
+        call.tdr = None
+        if call.tdvpr is not None:
+            call.tdvpr.tdvpr_lock = None
+            call.tdvpr = None
+
+    def _inject(self) -> bool:
+        if self.busy_rate <= 0.0 or not any(v.running_epoch is not None for v in self.vcpus):
+            return False
+        return self._rng.random() < self.busy_rate
+
+    def vcpus_in_guest(self) -> int:
+        return sum(v.running_epoch is not None for v in self.vcpus)
+
+    # ------------------------------------------------------------------ the two steps
+    def _seamcall(self, name: str, arg: object, lock: Callable[[_Call], int],
+                  effect: Callable[[_Call], int], *, guest: bool = False,
+                  vcpu: TdVcpu | None = None, injectable: bool = True) -> int:
+        call = _Call(name, guest, vcpu)
+
+        def step1() -> int:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if injectable and self._inject():
+                self._count_busy(SRC_INJECTED)
+                return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
+            err = lock(call)
+            if err:
+                self._release(call)
+            return err
+
+        err = self._sched.op(name + ":lock", arg, step1)
+        if err:
+            return err
+
+        def step2() -> int:
+            try:
+                return effect(call)
+            finally:
+                self._release(call)
+
+        return self._sched.op(name, arg, step2)
+
+    def _tracked(self, bepoch: int | None) -> bool:
+        """is_tlb_tracked(): TRACK moved the TD past the block epoch and no vCPU still
+        runs in an epoch at or before it."""
+        if bepoch is None:
+            return False
+        if self.td_epoch <= bepoch:
+            return False
+        return all(v.running_epoch is None or v.running_epoch > bepoch for v in self.vcpus)
+
+    # ------------------------------------------------------------------ SEAMCALLs
+    def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
+        err = self._take_tdr(call, False) or self._take_tree(call, tree_excl)
+        if err:
+            return err
+        e, err = self._walk(gfn, level)
+        if err:
+            return err | TDX_OPERAND_ID_RCX
+        assert e is not None
+        return self._take_entry(call, e)
+
+    def tdh_mem_sept_add(self, gfn: int, level: int, page: int) -> int:
+        """TDH.MEM.SEPT.ADD: make the FREE entry (level, gfn) a non-leaf over ``page``."""
+        def effect(call: _Call) -> int:
+            if self.td_state == TD_TEARDOWN:
+                return TDX_LIFECYCLE_STATE_INCORRECT
+            e = self.entry(gfn, level)
+            if e.state != FREE:
+                return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
+            e.state, e.pfn, e.bepoch = NL_MAPPED, page, None
+            self.sept_pages[page] = (level - 1, gfn_round_for_level(gfn, level))
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.SEPT.ADD", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+
+    def tdh_mem_page_aug(self, gfn: int, level: int, pfn: int) -> int:
+        """TDH.MEM.PAGE.AUG: add a PENDING page to a running TD."""
+        def effect(call: _Call) -> int:
+            if self.td_state != TD_RUNNABLE:
+                return TDX_OP_STATE_INCORRECT
+            e = self.entry(gfn, level)
+            if e.state != FREE:
+                return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
+            e.state, e.pfn, e.bepoch = PENDING, pfn, None
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.PAGE.AUG", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+
+    def tdh_mem_page_add(self, gfn: int, pfn: int) -> int:
+        """TDH.MEM.PAGE.ADD: add an initial (MAPPED) 4K page before the TD is finalised."""
+        def lock(call: _Call) -> int:
+            err = self._take_tdr(call, True)
+            if err:
+                return err
+            e, err = self._walk(gfn, PG_LEVEL_4K)
+            if err:
+                return err | TDX_OPERAND_ID_RCX
+            assert e is not None
+            return self._take_entry(call, e)
+
+        def effect(call: _Call) -> int:
+            if self.td_state != TD_BUILD:
+                return TDX_OP_STATE_INCORRECT
+            e = self.entry(gfn, PG_LEVEL_4K)
+            if e.state != FREE:
+                return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
+            e.state, e.pfn, e.bepoch = MAPPED, pfn, None
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.PAGE.ADD", (gfn, PG_LEVEL_4K), lock, effect)
+
+    def tdh_mr_finalize(self) -> int:
+        """TDH.MR.FINALIZE: the TD becomes runnable."""
+        def effect(call: _Call) -> int:
+            if self.td_state != TD_BUILD:
+                return TDX_OP_STATE_INCORRECT
+            self.td_state = TD_RUNNABLE
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MR.FINALIZE", None, lambda c: self._take_tdr(c, True),
+                              effect, injectable=False)
+
+    def tdh_mem_range_block(self, gfn: int, level: int) -> int:
+        """TDH.MEM.RANGE.BLOCK: block an entry and record the block epoch."""
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            if e.state in BLOCKED_STATES:
+                return TDX_GPA_RANGE_ALREADY_BLOCKED
+            new = {NL_MAPPED: NL_BLOCKED, MAPPED: BLOCKED, PENDING: PENDING_BLOCKED}.get(e.state)
+            if new is None:
+                return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
+            e.state, e.bepoch = new, self.td_epoch
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.RANGE.BLOCK", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+
+    def tdh_mem_track(self) -> int:
+        """TDH.MEM.TRACK: advance the TD epoch once the epoch before has drained."""
+        def effect(call: _Call) -> int:
+            if any(v.running_epoch is not None and v.running_epoch < self.td_epoch
+                   for v in self.vcpus):
+                self._count_busy("previous_epoch")
+                return TDX_PREVIOUS_TLB_EPOCH_BUSY
+            self.td_epoch += 1
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.TRACK", None,
+                              lambda c: self._take_tdr(c, False) or self._take_epoch(c, True),
+                              effect)
+
+    def tdh_mem_page_remove(self, gfn: int, level: int) -> int:
+        """TDH.MEM.PAGE.REMOVE: free a blocked and TLB-tracked leaf."""
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            blocked = e.state in (BLOCKED, PENDING_BLOCKED)
+            tracked = self._tracked(e.bepoch)
+            lax = "remove_without_track" in self.mutations
+            if e.state not in LEAF_STATES:
+                return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
+            if not blocked and not lax:
+                return TDX_GPA_RANGE_NOT_BLOCKED | TDX_OPERAND_ID_RCX
+            if not tracked and not lax:
+                return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
+            if not (blocked and tracked):
+                self.audit.append((4, f"leaf gfn={gfn:#x} L{level} removed "
+                                      f"(blocked={blocked}, tracked={tracked})"))
+            e.state, e.pfn, e.bepoch = FREE, None, None
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.PAGE.REMOVE", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+
+    def tdh_mem_sept_remove(self, gfn: int, level: int) -> int:
+        """TDH.MEM.SEPT.REMOVE: remove a blocked, tracked non-leaf whose 512 children are FREE."""
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            if e.state != NL_BLOCKED:
+                return (TDX_GPA_RANGE_NOT_BLOCKED if e.state == NL_MAPPED
+                        else TDX_EPT_ENTRY_STATE_INCORRECT) | TDX_OPERAND_ID_RCX
+            if not self._tracked(e.bepoch):
+                return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
+            live = sum(1 for c in self.children(gfn, level) if c is not None and c.state != FREE)
+            if live:
+                if "sept_remove_ignores_children" not in self.mutations:
+                    return TDX_EPT_PAGE_NOT_FREE | TDX_OPERAND_ID_RCX
+                self.audit.append((3, f"S-EPT table gfn={gfn:#x} L{level} removed with "
+                                      f"{live} live children"))
+            assert e.pfn is not None
+            self.sept_pages.pop(e.pfn, None)
+            e.state, e.pfn, e.bepoch = FREE, None, None
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.SEPT.REMOVE", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+
+    def tdh_mem_page_demote(self, gfn: int, level: int, page: int) -> int:
+        """TDH.MEM.PAGE.DEMOTE: split a blocked, tracked 2M leaf into a table of 512 4K leaves."""
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            if level != PG_LEVEL_2M or e.state not in (BLOCKED, PENDING_BLOCKED):
+                return TDX_GPA_RANGE_NOT_BLOCKED | TDX_OPERAND_ID_RCX
+            if not self._tracked(e.bepoch):
+                return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
+            child_state = MAPPED if e.state == BLOCKED else PENDING
+            base = gfn_round_for_level(gfn, level)
+            assert e.pfn is not None
+            for i in range(512):
+                c = self.entry(base + i, PG_LEVEL_4K)
+                c.state, c.pfn, c.bepoch = child_state, e.pfn + i, None
+            e.state, e.pfn, e.bepoch = NL_MAPPED, page, None
+            self.sept_pages[page] = (PG_LEVEL_4K, base)
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.PAGE.DEMOTE", (gfn, level),
+                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+
+    def tdh_mem_page_promote(self, gfn: int, level: int) -> int:
+        """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 MAPPED 4K leaves
+        into one 2M leaf.  Fails BUSY while any child's entry lock is taken (an ACCEPT)."""
+        base = gfn_round_for_level(gfn, level)
+
+        def lock(call: _Call) -> int:
+            err = self._lock_host_entry(call, gfn, level, True)
+            if err:
+                return err
+            for i in range(512):
+                c = self.peek(base + i, PG_LEVEL_4K)
+                if c is not None:
+                    err = self._take_entry(call, c)
+                    if err:
+                        return err
+            return TDX_SUCCESS
+
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            if level != PG_LEVEL_2M or e.state != NL_BLOCKED:
+                return TDX_GPA_RANGE_NOT_BLOCKED | TDX_OPERAND_ID_RCX
+            if not self._tracked(e.bepoch):
+                return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
+            kids = [self.peek(base + i, PG_LEVEL_4K) for i in range(512)]
+            first = kids[0].pfn if kids[0] is not None else None
+            if first is None or first % 512 or any(
+                    k is None or k.state != MAPPED or k.pfn != first + i
+                    for i, k in enumerate(kids)):
+                return TDX_EPT_INVALID_PROMOTE_CONDITIONS | TDX_OPERAND_ID_RCX
+            for k in kids:
+                assert k is not None
+                k.state, k.pfn, k.bepoch = FREE, None, None
+            assert e.pfn is not None
+            self.sept_pages.pop(e.pfn, None)
+            e.state, e.pfn, e.bepoch = MAPPED, first, None
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MEM.PAGE.PROMOTE", (gfn, level), lock, effect)
+
+    def tdh_phymem_page_reclaim(self, page: int) -> int:
+        """TDH.PHYMEM.PAGE.RECLAIM: take back a TD page; only once the HKID is released."""
+        def effect(call: _Call) -> int:
+            if self.hkid_assigned:
+                if "reclaim_with_hkid" not in self.mutations:
+                    return TDX_LIFECYCLE_STATE_INCORRECT
+                self.audit.append((5, f"page {page:#x} reclaimed with the HKID assigned"))
+            self.sept_pages.pop(page, None)
+            self.reclaimed.add(page)
+            return TDX_SUCCESS
+        return self._seamcall("TDH.PHYMEM.PAGE.RECLAIM", page, lambda c: TDX_SUCCESS, effect,
+                              injectable=False)
+
+    def tdh_phymem_page_wbinvd_hkid(self, page: int) -> int:
+        """TDH.PHYMEM.PAGE.WBINVD: write back and invalidate a removed page's cache lines."""
+        return self._seamcall("TDH.PHYMEM.PAGE.WBINVD", page, lambda c: TDX_SUCCESS,
+                              lambda c: TDX_SUCCESS, injectable=False)
+
+    def release_hkid(self) -> int:
+        """tdx_mmu_release_hkid(): TDH.MNG.VPFLUSHDONE, TDH.PHYMEM.CACHE.WB,
+        TDH.MNG.KEY.FREEID.  The TD enters TEARDOWN; no private leaf may be left."""
+        def effect(call: _Call) -> int:
+            left = sum(1 for e in self.entries.values() if e.state in LEAF_STATES)
+            if left:
+                self.audit.append((5, f"HKID released with {left} private leaves in the S-EPT"))
+            if any(v.running_epoch is not None for v in self.vcpus):
+                return TDX_LIFECYCLE_STATE_INCORRECT
+            self.hkid_assigned = False
+            self.td_state = TD_TEARDOWN
+            return TDX_SUCCESS
+        return self._seamcall("TDH.MNG.KEY.FREEID", None, lambda c: self._take_tdr(c, True),
+                              effect, injectable=False)
+
+    # ------------------------------------------------------------------ vCPU entry/exit
+    def tdh_vp_enter(self, vcpu_id: int) -> tuple[int, int | None]:
+        """TDH.VP.ENTER.  Returns (status, gfn of a faked EPT violation or None).
+
+        With zero-step mitigation armed, entry first try-takes the S-EPT tree lock
+        exclusively (BUSY if it cannot); if a recorded GPA is still unmapped, entry is
+        refused with a fake EPT violation; else the lock is dropped and the guest runs.
+        The epoch lock is held shared from the first step to the second, so a TRACK that
+        comes between them is BUSY, and a VP.ENTER that comes during a TRACK is BUSY.
+        """
+        v = self.vcpus[vcpu_id]
+        faked: list[int] = []
+
+        def lock(call: _Call) -> int:
+            if self.td_state != TD_RUNNABLE:
+                return TDX_OP_STATE_INCORRECT
+            if v.tdvpr_lock is not None:
+                return self._busy(SRC_TDVPR, TDX_OPERAND_ID_TDVPR)
+            v.tdvpr_lock = call
+            call.tdvpr = v
+            err = self._take_tdr(call, False) or self._take_epoch(call, False)
+            if err:
+                return err
+            if v.zstep_gpas:
+                return self._take_tree(call, True)
+            return TDX_SUCCESS
+
+        def effect(call: _Call) -> int:
+            if v.zstep_gpas:
+                for g in v.zstep_gpas:
+                    leaf = self.leaf_of(g)
+                    if leaf is None or leaf[1].state not in (MAPPED, PENDING):
+                        faked.append(g)
+                        break
+                if faked:
+                    self._ept_violation_accounting(v, v.last_rip, faked[0])
+                    return TDX_SUCCESS
+            v.running_epoch = self.td_epoch
+            v.entered += 1
+            call.tdvpr = None   # the TDVPR stays locked until the TD exits
+            return TDX_SUCCESS
+
+        err = self._seamcall("TDH.VP.ENTER", vcpu_id, lock, effect, injectable=False)
+        return err, (faked[0] if faked else None)
+
+    def td_exit(self, vcpu_id: int, ept_gfn: int | None = None, rip: int | None = None) -> None:
+        """The TD exits to KVM: leave the epoch; count an EPT violation for zero-step."""
+        v = self.vcpus[vcpu_id]
+
+        def step() -> None:
+            v.running_epoch = None
+            v.tdvpr_lock = None
+            v.exits += 1
+            if ept_gfn is not None:
+                self._ept_violation_accounting(v, rip, ept_gfn)
+        self._sched.op("TD.EXIT", (vcpu_id, ept_gfn), step)
+
+    def _ept_violation_accounting(self, v: TdVcpu, rip: int | None, gfn: int) -> None:
+        """td_exit_stepping.c: count EPT violations at one RIP; past the threshold,
+        record the GPA so that every later VP.ENTER checks it under the tree lock."""
+        if rip is not None and rip == v.last_rip:
+            v.ept_count += 1
+        else:
+            v.last_rip = rip
+            v.ept_count = 1
+            v.zstep_gpas = []
+        if v.ept_count >= ZERO_STEP_THRESHOLD and gfn not in v.zstep_gpas \
+                and len(v.zstep_gpas) < ZERO_STEP_MAX_GPAS:
+            v.zstep_gpas.append(gfn)
+
+    def guest_progress(self, vcpu_id: int, rip: int) -> None:
+        """The guest retired an instruction: a new RIP clears the zero-step state."""
+        v = self.vcpus[vcpu_id]
+
+        def step() -> None:
+            if rip != v.last_rip:
+                v.last_rip = rip
+                v.ept_count = 0
+                v.zstep_gpas = []
+        self._sched.op("TD.PROGRESS", (vcpu_id, rip), step)
+
+    # ------------------------------------------------------------------ guest side
+    def guest_access(self, vcpu_id: int, gfn: int) -> str:
+        """A guest access to a private GFN: "ok", "pending" (#VE: accept first) or "ept"
+        (an EPT violation exit)."""
+        def step() -> str:
+            leaf = self.leaf_of(gfn)
+            if leaf is None:
+                return "ept"
+            state = leaf[1].state
+            if state == MAPPED:
+                return "ok"
+            return "pending" if state == PENDING else "ept"
+        return self._sched.op("TD.ACCESS", (vcpu_id, gfn), step)
+
+    def tdg_mem_page_accept(self, vcpu_id: int, gfn: int, level: int) -> int:
+        """TDG.MEM.PAGE.ACCEPT (a guest TDCALL): PENDING -> MAPPED.
+
+        Returns TDX_SUCCESS, TDX_PAGE_ALREADY_ACCEPTED, a BUSY (the guest retries), or
+        TDX_EPT_WALK_FAILED / TDX_EPT_ENTRY_STATE_INCORRECT, which stand for the EPT
+        violation exit the real module takes when the page is not there to accept.
+        """
+        def lock(call: _Call) -> int:
+            e, err = self._walk(gfn, level, guest=True)
+            if err:
+                return err
+            assert e is not None
+            return self._take_entry(call, e)
+
+        def effect(call: _Call) -> int:
+            e = self.entry(gfn, level)
+            if e.state == PENDING:
+                e.state = MAPPED
+                return TDX_SUCCESS
+            if e.state == MAPPED:
+                return TDX_PAGE_ALREADY_ACCEPTED
+            return TDX_EPT_ENTRY_STATE_INCORRECT
+        return self._seamcall("TDG.MEM.PAGE.ACCEPT", (vcpu_id, gfn, level), lock, effect,
+                              guest=True, vcpu=self.vcpus[vcpu_id], injectable=False)
+

@@ -1,0 +1,81 @@
+"""Kernel variants (MODEL §6): named sets of behaviours of the simulated kernel.
+
+The as-designed variants must run clean forever.  Each hunt variant is ``hugepage-rfc``
+plus exactly one path that opens one row of the scenario table to the mirror root, the
+way a patch under review might:
+
+* the zapper operations exist in every variant (prefault a range, populate tables,
+  recover huge pages, zap leaves for an MMU notifier, zap a range's tables); a hunt
+  variant swaps the as-designed implementation of one of them for its what-if one;
+* nothing else changes, so a finding in a hunt variant is caused by its path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class UnknownVariant(ValueError):
+    """A variant name that does not exist; the message lists the valid ones."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str
+    after_order: bool          # "after" the 2026 refactor: propagate inside the frozen window
+    single_hook: bool          # seed 000: set_external_spte() also links tables
+    hugepages: bool            # private 2M leaves, split (row 8) and table zap (row 14) under write
+    hunt: str | None = None    # the path this variant opens: a1, a2, b, c, d
+    opens_row: int | None = None
+    hunt_kind: str | None = None   # the finding the hunt is after
+
+    @property
+    def as_designed(self) -> bool:
+        return self.hunt is None
+
+    @property
+    def allowed_rows(self) -> frozenset[int]:
+        """Rows MODEL §5 allows on the mirror root in this variant (as designed)."""
+        rows = {1, 3, 12, 14}
+        if self.hugepages:
+            rows |= {8}
+        if self.opens_row:
+            rows.add(self.opens_row)
+        return frozenset(rows)
+
+
+_BASE = dict(after_order=True, single_hook=True, hugepages=True)
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("v6.19", "\"before\" order; hooks link_external_spt, set_external_spte, "
+            "remove_external_spte, free_external_spt; 4K private pages only",
+            after_order=False, single_hook=False, hugepages=False),
+    Variant("refactor-2026", "\"after\" order; single set_external_spte(old, new) hook "
+            "(seed 000), removal through it; 4K private pages only",
+            after_order=True, single_hook=True, hugepages=False),
+    Variant("hugepage-rfc", "refactor-2026 plus private 2M leaves, split under the write "
+            "lock (row 8), table zap under the write lock (row 14)", **_BASE),
+    Variant("hunt-a1", "hugepage-rfc plus prefault installing mirror leaves under the "
+            "write lock (row 2)", hunt="a1", opens_row=2, hunt_kind="KVM_BUG_ON", **_BASE),
+    Variant("hunt-a2", "hugepage-rfc plus table population linking mirror tables under the "
+            "write lock (row 4)", hunt="a2", opens_row=4, hunt_kind="KVM_BUG_ON", **_BASE),
+    Variant("hunt-b", "hugepage-rfc plus promotion of a mirror table to a 2M leaf with "
+            "TDH.MEM.PAGE.PROMOTE (row 9)", hunt="b", opens_row=9, hunt_kind="KVM_BUG_ON",
+            **_BASE),
+    Variant("hunt-c", "hugepage-rfc plus an atomic zap of mirror leaves under the read lock "
+            "(row 11)", hunt="c", opens_row=11, hunt_kind="TDX_BUG_ON", **_BASE),
+    Variant("hunt-d", "hugepage-rfc plus an atomic zap of mirror tables under the read lock "
+            "(row 13)", hunt="d", opens_row=13, hunt_kind="KVM_BUG_ON", **_BASE),
+)}
+
+AS_DESIGNED = ("v6.19", "refactor-2026", "hugepage-rfc")
+HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name``; an unknown name raises :class:`UnknownVariant`."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise UnknownVariant(f"unknown variant {name!r}; valid variants: "
+                             f"{', '.join(VARIANTS)}") from None

@@ -1,0 +1,1 @@
+"""Renders tdx-stress run directories; never runs the machine."""
