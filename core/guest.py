@@ -17,10 +17,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .spte import PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, is_last_spte, is_shadow_present_pte
-from .spte import spte_index, spte_to_pfn
+from .spte import (
+    PG_LEVEL_2M,
+    PG_LEVEL_4K,
+    ROOT_LEVEL,
+    is_last_spte,
+    is_shadow_present_pte,
+    spte_index,
+    spte_to_pfn,
+)
 from .tdx_errno import (
-    TDX_PAGE_ALREADY_ACCEPTED, TDX_PAGE_SIZE_MISMATCH, TDX_SUCCESS, status, tdx_operand_busy,
+    TDX_PAGE_ALREADY_ACCEPTED,
+    TDX_PAGE_SIZE_MISMATCH,
+    TDX_SUCCESS,
+    status,
+    tdx_operand_busy,
 )
 
 if TYPE_CHECKING:

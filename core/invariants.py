@@ -14,7 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .spte import (
-    ROOT_LEVEL, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages,
+    ROOT_LEVEL,
+    is_frozen_spte,
+    is_last_spte,
+    is_shadow_present_pte,
+    level_pages,
     spte_to_pfn,
 )
 from .tdx_module import FREE, LEAF_STATES, MAPPED, NL_BLOCKED, NL_MAPPED, PENDING

@@ -22,7 +22,11 @@ from .mmu_lock import MmuLock
 from .rcu import Rcu
 from .sched import PassThrough, Scheduler, current
 from .spte import (
-    PG_LEVEL_2M, PG_LEVEL_4K, gfn_round_for_level, is_last_spte, is_shadow_present_pte,
+    PG_LEVEL_2M,
+    PG_LEVEL_4K,
+    gfn_round_for_level,
+    is_last_spte,
+    is_shadow_present_pte,
 )
 from .store import PageAllocator
 from .tdp_mmu import RET_PF_RETRY, PageFault, TdpMmu
@@ -34,7 +38,9 @@ from .variants import Variant, get_variant
 OUTSIDE_GUEST_MODE = "OUTSIDE_GUEST_MODE"
 IN_GUEST_MODE = "IN_GUEST_MODE"
 
-MUTATIONS = frozenset({"sept_remove_ignores_children", "leave_frozen", "remove_without_track",
+# Deliberately broken models, for proving the invariant checker catches what it must:
+# each breaks KVM and, where the module would refuse, the module's own check too.
+MUTATIONS = frozenset({"parent_before_children", "leave_frozen", "remove_without_track",
                        "reclaim_with_hkid"})
 
 

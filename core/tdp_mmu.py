@@ -17,13 +17,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .oracle import classify
 from .sched import current
 from .spte import (
-    FROZEN_SPTE, PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, SHADOW_NONPRESENT_VALUE,
-    gfn_round_for_level, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages,
-    make_nonleaf_spte, make_spte, spte_index, spte_to_pfn,
+    FROZEN_SPTE,
+    PG_LEVEL_2M,
+    PG_LEVEL_4K,
+    ROOT_LEVEL,
+    SHADOW_NONPRESENT_VALUE,
+    gfn_round_for_level,
+    is_frozen_spte,
+    is_last_spte,
+    is_shadow_present_pte,
+    level_pages,
+    make_nonleaf_spte,
+    make_spte,
+    spte_index,
+    spte_to_pfn,
 )
-from .oracle import classify
 from .store import KvmMmuPage
 
 if TYPE_CHECKING:
@@ -145,6 +156,13 @@ class TdpMmu:
                                    f"set_external_spte failed ({ret}) under the write lock")
                 if not ret:
                     self.handle_removed_pt(self.spte_to_child_sp(old), shared, external=False)
+                return ret
+
+            if "parent_before_children" in kvm.mutations and mirror and was_present \
+                    and not was_leaf and not is_present and self.variant.after_order:
+                # planted bug: the S-EPT table goes before its children
+                ret = kvm.tdx.set_external_spte(gfn, level, old, new)
+                self.handle_removed_pt(self.spte_to_child_sp(old), shared)
                 return ret
 
             if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):

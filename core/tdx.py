@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Callable
 
 from .spte import PG_LEVEL_4K, is_last_spte, is_shadow_present_pte, spte_to_pfn
 from .store import KvmMmuPage
+from .tdp_mmu import EBUSY, EIO
 from .tdx_errno import tdx_operand_busy
 from .tdx_module import TD_RUNNABLE
-from .tdp_mmu import EBUSY, EIO
 
 if TYPE_CHECKING:
     from .kvm import Kvm
@@ -148,10 +148,9 @@ class KvmTdx:
         if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
                              "tdx_sept_remove_private_spte", "large page"):
             return -EIO
-        if "remove_without_track" not in kvm.mutations:
-            err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
-            if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.RANGE.BLOCK"):
-                return -EIO
+        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.RANGE.BLOCK"):
+            return -EIO
         self.tdx_track()
         err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.REMOVE", m.tdh_mem_page_remove, gfn, level)
         if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.PAGE.REMOVE"):

@@ -23,13 +23,26 @@ from typing import Callable
 from .sched import Scheduler
 from .spte import PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, gfn_round_for_level, level_pages
 from .tdx_errno import (
-    TDX_EPT_ENTRY_STATE_INCORRECT, TDX_EPT_INVALID_PROMOTE_CONDITIONS, TDX_EPT_PAGE_NOT_FREE,
-    TDX_EPT_WALK_FAILED, TDX_GPA_RANGE_ALREADY_BLOCKED, TDX_GPA_RANGE_NOT_BLOCKED,
-    TDX_LIFECYCLE_STATE_INCORRECT, TDX_OP_STATE_INCORRECT, TDX_OPERAND_BUSY,
-    TDX_OPERAND_BUSY_HOST_PRIORITY, TDX_OPERAND_ID_RCX, TDX_OPERAND_ID_SEPT,
-    TDX_OPERAND_ID_TD_EPOCH, TDX_OPERAND_ID_TDR, TDX_OPERAND_ID_TDVPR,
-    TDX_PAGE_ALREADY_ACCEPTED, TDX_PAGE_SIZE_MISMATCH, TDX_PREVIOUS_TLB_EPOCH_BUSY,
+    TDX_EPT_ENTRY_STATE_INCORRECT,
+    TDX_EPT_INVALID_PROMOTE_CONDITIONS,
+    TDX_EPT_PAGE_NOT_FREE,
+    TDX_EPT_WALK_FAILED,
+    TDX_GPA_RANGE_ALREADY_BLOCKED,
+    TDX_GPA_RANGE_NOT_BLOCKED,
+    TDX_LIFECYCLE_STATE_INCORRECT,
+    TDX_OP_STATE_INCORRECT,
+    TDX_OPERAND_BUSY,
+    TDX_OPERAND_BUSY_HOST_PRIORITY,
+    TDX_OPERAND_ID_RCX,
+    TDX_OPERAND_ID_SEPT,
+    TDX_OPERAND_ID_TD_EPOCH,
+    TDX_OPERAND_ID_TDR,
+    TDX_OPERAND_ID_TDVPR,
+    TDX_PAGE_ALREADY_ACCEPTED,
+    TDX_PAGE_SIZE_MISMATCH,
+    TDX_PREVIOUS_TLB_EPOCH_BUSY,
     TDX_SUCCESS,
+    TDX_TLB_TRACKING_NOT_DONE,
 )
 
 # S-EPT entry states (MODEL §4.2)
@@ -453,7 +466,7 @@ class TdxModule:
                 return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
             live = sum(1 for c in self.children(gfn, level) if c is not None and c.state != FREE)
             if live:
-                if "sept_remove_ignores_children" not in self.mutations:
+                if "parent_before_children" not in self.mutations:
                     return TDX_EPT_PAGE_NOT_FREE | TDX_OPERAND_ID_RCX
                 self.audit.append((3, f"S-EPT table gfn={gfn:#x} L{level} removed with "
                                       f"{live} live children"))

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_variants() -> int:
     width = max(len(n) for n in VARIANTS)
     for v in VARIANTS.values():
-        kind = "as designed" if v.as_designed else f"hunt {v.hunt} (row {v.opens_row}, {v.hunt_kind})"
+        kind = ("as designed" if v.as_designed
+                else f"hunt {v.hunt} (row {v.opens_row}, {v.hunt_kind})")
         print(f"{v.name:<{width}}  {kind}\n{'':<{width}}  {v.summary}")
     return ExitCode.OK
 

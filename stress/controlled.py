@@ -336,10 +336,13 @@ class ScriptStrategy(Strategy):
     * ``("finish", name)``: run ``name`` until it ends.
 
     After the script, threads run to the end in order of their index.  A directive that
-    names a thread which cannot run raises :class:`ScheduleDiverged`.
+    names a thread which cannot run raises :class:`ScheduleDiverged`, unless ``strict`` is
+    false: then the lowest-index runnable thread goes until the named one can run (so one
+    script can be applied to variants where a lock makes that thread wait).
     """
 
-    def __init__(self, script: Sequence[tuple]) -> None:
+    def __init__(self, script: Sequence[tuple], strict: bool = True) -> None:
+        self.strict = strict
         self.script = list(script)
         self.pos = 0
         self.count = 0
@@ -368,6 +371,8 @@ class ScriptStrategy(Strategy):
                 self.count = 0
                 continue
             if idx not in runnable:
+                if not self.strict:
+                    return runnable[0]
                 raise ScheduleDiverged(sched.step, f"script directive {d!r}: {name} is not "
                                        f"runnable (at {t.label})")
             self.count += 1
