@@ -62,7 +62,7 @@ class Recorder:
         if path is None and row is not None:
             path = ROW_PATH.get(row)
         f = Finding(kind=kind, where=where, message=message, row=row, path=path,
-                    step=self._step_of(), thread=ctx.name,
+                    step=ctx.last_step or self._step_of(), thread=ctx.name,
                     context={"mmu_lock": ctx.lock_mode, "rcu_depth": ctx.rcu_depth,
                              "op": ctx.op, "rows": list(ctx.row_stack)})
         with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .sched import cpu_relax
 from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
@@ -102,6 +103,7 @@ class ProgramGuest:
                 self.accept_busy += 1
                 if kvm.guest_check_exit(vcpu):
                     return GuestExit("kick", rip=self.rip)
+                cpu_relax(kvm.sched)
                 continue
             if status(err) == TDX_PAGE_SIZE_MISMATCH and level > PG_LEVEL_4K:
                 level, base = PG_LEVEL_4K, gfn

@@ -20,7 +20,7 @@ from typing import Protocol
 from .findings import Recorder
 from .mmu_lock import MmuLock
 from .rcu import Rcu
-from .sched import PassThrough, Scheduler, current
+from .sched import PassThrough, Scheduler, cpu_relax, current
 from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
@@ -29,7 +29,7 @@ from .spte import (
     is_shadow_present_pte,
 )
 from .store import PageAllocator
-from .tdp_mmu import RET_PF_RETRY, PageFault, TdpMmu
+from .tdp_mmu import RET_PF_MEMORY_FAULT, RET_PF_RETRY, PageFault, TdpMmu
 from .tdx import KVM_REQ_OUTSIDE_GUEST_MODE, KVM_REQ_VM_DEAD, KvmTdx
 from .tdx_errno import NAMES, status, tdx_operand_busy
 from .tdx_module import TdxModule
@@ -242,14 +242,20 @@ class Kvm:
         under the read lock (``write_lock`` only for hunt-a1's what-if prefault)."""
         seq = self.sched.op("READ(mmu_invalidate_seq)", None, lambda: self.mmu_invalidate_seq)
         if private:
+            if self.sched.op("kvm_mem_is_private", gfn, lambda: gfn in self.shared_gfns):
+                # kvm_mmu_prepare_memory_fault_exit(): the attributes say shared
+                return RET_PF_MEMORY_FAULT
             got = self.kvm_gmem_get_pfn(gfn)
             if got is None:
                 return RET_PF_RETRY
             pfn, max_level = got
             level = min(max_level, level_hint)
         else:
-            pfn = self.sched.op("shared_get_pfn", gfn,
-                                lambda: self.shared_mem.setdefault(gfn, self.pages.alloc()))
+            def shared_pfn() -> int:
+                if gfn not in self.shared_mem:
+                    self.shared_mem[gfn] = self.pages.alloc()
+                return self.shared_mem[gfn]
+            pfn = self.sched.op("shared_get_pfn", gfn, shared_pfn)
             level = PG_LEVEL_4K
         fault = PageFault(gfn, level, private, pfn, seq)
         self.mmu_lock.lock("write" if write_lock else "read")
@@ -275,6 +281,7 @@ class Kvm:
                                     lambda: bool(vcpu.requests) or self.vm_dead)
             if pending:
                 return ret
+            cpu_relax(self.sched, "cond_resched")
 
     # ------------------------------------------------------------------ vCPU run
     def _set_mode(self, vcpu: KvmVcpu, mode: str) -> None:
@@ -348,7 +355,11 @@ class Kvm:
         self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
         if exit.reason == "ept":
             vcpu.stats["ept"] += 1
-            self.tdx_handle_ept_violation(vcpu, exit)
+            ret = self.tdx_handle_ept_violation(vcpu, exit)
+            if ret == RET_PF_MEMORY_FAULT and exit.gfn is not None:
+                # KVM_EXIT_MEMORY_FAULT: the VMM converts the page back to private on
+                # this vCPU's thread (the guest asked for a private access), then re-enters.
+                self.kvm_vm_set_mem_attributes(exit.gfn, exit.gfn + 1, shared=False)
         return exit.reason != "done"
 
     def _take_requests(self, vcpu: KvmVcpu) -> set[str]:

@@ -39,7 +39,7 @@ class ThreadCtx:
 
     __slots__ = (
         "name", "index", "lock_mode", "rcu_depth", "rcu_sections", "row_stack",
-        "rows", "attr_changes", "vcpu", "op", "pending",
+        "rows", "attr_changes", "vcpu", "op", "pending", "last_step",
     )
 
     def __init__(self, name: str, index: int = 0) -> None:
@@ -54,6 +54,7 @@ class ThreadCtx:
         self.vcpu: object | None = None     # the vCPU this thread plays, if any
         self.op: str = ""                   # label of the last operation taken
         self.pending: str = ""              # label of the operation it is waiting at
+        self.last_step = 0                  # global step number of its last operation
 
     def __repr__(self) -> str:
         return f"ThreadCtx({self.name!r})"
@@ -113,10 +114,25 @@ class PassThrough:
                 finally:
                     self._waiters -= 1
             self.step += 1
+            current().last_step = self.step
             result = fn()
             if self._waiters:
                 self._cv.notify_all()
             return result
+
+
+YIELD_HINTS = frozenset({"cond_resched", "cpu_relax"})
+
+
+def _nothing() -> None:
+    return None
+
+
+def cpu_relax(sched: Scheduler, label: str = "cpu_relax") -> None:
+    """A spin-wait hint (cpu_relax() / cond_resched()): an operation with no effect whose
+    label tells a priority-based strategy that this thread is waiting for others, so it
+    must not keep the CPU (a strict-priority scheduler would otherwise livelock)."""
+    sched.op(label, None, _nothing)
 
 
 class Abort(BaseException):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .oracle import classify
-from .sched import current
+from .sched import cpu_relax, current
 from .spte import (
     FROZEN_SPTE,
     PG_LEVEL_2M,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_INVALID = 0, 1, 2, 3
 RET_PF_FIXED, RET_PF_SPURIOUS = 4, 5
+RET_PF_MEMORY_FAULT = 6     # -EFAULT with KVM_EXIT_MEMORY_FAULT: userspace must convert
 EBUSY, EIO, EINVAL = 16, 5, 22
 
 
@@ -75,11 +76,17 @@ class TdpMmu:
                          root: bool = False) -> KvmMmuPage:
         """tdp_mmu_alloc_sp() (+ kvm_mmu_alloc_external_spt() for a non-root mirror)."""
         kvm = self.kvm
-        ext = None
-        if mirror and not root:    # the S-EPT root is a TD control page: no external_spt
-            ext = kvm.pages.alloc()
-            kvm.external_state[ext] = "allocated"
-        sp = KvmMmuPage(self.sched, self.rec, kvm.pages.alloc(), level, gfn, mirror, ext)
+
+        def alloc() -> tuple[int, int | None]:
+            # An operation, so that PFNs are handed out in schedule order and a replayed
+            # free-mode trace allocates exactly the same pages.
+            ext = None
+            if mirror and not root:    # the S-EPT root is a TD control page
+                ext = kvm.pages.alloc()
+                kvm.external_state[ext] = "allocated"
+            return kvm.pages.alloc(), ext
+        pfn, ext = self.sched.op("alloc_page", level, alloc)
+        sp = KvmMmuPage(self.sched, self.rec, pfn, level, gfn, mirror, ext)
         self.pages[sp.pfn] = sp
         return sp
 
@@ -197,6 +204,7 @@ class TdpMmu:
                     old = sp.xchg(i, FROZEN_SPTE)
                     if not is_frozen_spte(old):
                         break
+                    cpu_relax(self.sched)
             else:
                 old = sp.read(i)
                 if not is_shadow_present_pte(old):
@@ -481,8 +489,9 @@ class TdpMmu:
                                                         SHADOW_NONPRESENT_VALUE, level):
                         zapped += 1
                         break
-                    if kvm.vm_dead:
+                    if not kvm._ioctl_alive():
                         return zapped
+                    cpu_relax(self.sched)
                     old = sp.read(i)
         finally:
             kvm.rcu.rcu_read_unlock()

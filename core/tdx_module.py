@@ -175,13 +175,15 @@ class TdxModule:
         """Walk from the root to the entry of ``level`` that maps ``gfn``.
 
         Returns (entry, 0) or (None, error).  A leaf above ``level`` is a size mismatch;
-        a missing table on the way is a walk failure.  Host calls walk through a blocked
-        non-leaf (children are removed under a blocked parent); the guest does not.
+        a missing or blocked table on the way is a walk failure: like the module's
+        secure_ept_walk(), the walk stops at any entry without RWX, and a blocked entry
+        has none.  (KVM removes the children of a table before it blocks the table, so
+        no as-designed path needs to walk through a blocked one.)
         """
         for lvl in range(ROOT_LEVEL, level, -1):
             e = self.peek(gfn, lvl)
             state = e.state if e else FREE
-            if state == NL_MAPPED or (state == NL_BLOCKED and not guest):
+            if state == NL_MAPPED:
                 continue
             if state in LEAF_STATES:
                 return None, TDX_PAGE_SIZE_MISMATCH
@@ -498,8 +500,9 @@ class TdxModule:
                               lambda c: self._lock_host_entry(c, gfn, level, True), effect)
 
     def tdh_mem_page_promote(self, gfn: int, level: int) -> int:
-        """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 MAPPED 4K leaves
-        into one 2M leaf.  Fails BUSY while any child's entry lock is taken (an ACCEPT)."""
+        """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 4K leaves, all
+        MAPPED or all PENDING, into one 2M leaf.  BUSY while any child's entry lock is
+        taken (an ACCEPT in flight)."""
         base = gfn_round_for_level(gfn, level)
 
         def lock(call: _Call) -> int:
@@ -522,8 +525,11 @@ class TdxModule:
                 return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
             kids = [self.peek(base + i, PG_LEVEL_4K) for i in range(512)]
             first = kids[0].pfn if kids[0] is not None else None
-            if first is None or first % 512 or any(
-                    k is None or k.state != MAPPED or k.pfn != first + i
+            state = kids[0].state if kids[0] is not None else FREE
+            # All 512 children MAPPED (or all PENDING), contiguous and 2M-aligned: the
+            # merged leaf takes their state.  Mixed states cannot be merged.
+            if first is None or first % 512 or state not in (MAPPED, PENDING) or any(
+                    k is None or k.state != state or k.pfn != first + i
                     for i, k in enumerate(kids)):
                 return TDX_EPT_INVALID_PROMOTE_CONDITIONS | TDX_OPERAND_ID_RCX
             for k in kids:
@@ -531,7 +537,7 @@ class TdxModule:
                 k.state, k.pfn, k.bepoch = FREE, None, None
             assert e.pfn is not None
             self.sept_pages.pop(e.pfn, None)
-            e.state, e.pfn, e.bepoch = MAPPED, first, None
+            e.state, e.pfn, e.bepoch = state, first, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.PROMOTE", (gfn, level), lock, effect)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from core.findings import Recorder
-from core.sched import Abort, ThreadCtx, set_current
+from core.sched import YIELD_HINTS, Abort, ThreadCtx, set_current
 
 
 class ScheduleDiverged(Exception):
@@ -89,6 +89,7 @@ class ControlledScheduler:
         self._all_done = threading.Event()
         self._stop_on = stop_on
         self.divergence: ScheduleDiverged | None = None
+        self.preemptions = 0                # switches away from a thread that could go on
 
     # ------------------------------------------------------------------ running
     def run(self, threads: Sequence[tuple[str, Callable[[], None]]],
@@ -154,6 +155,8 @@ class ControlledScheduler:
                     idx = runnable[0].index
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
+                if me is not None and nxt is not me and any(t is me for t in runnable):
+                    self.preemptions += 1
         if nxt is None:
             self.current = None
             self._all_done.set()
@@ -182,6 +185,7 @@ class ControlledScheduler:
         me.ctx.pending = ""
         me.ctx.op = label
         self.step += 1
+        me.ctx.last_step = self.step
         result = fn()
         if self.record_steps:
             self.steps.append(Step(self.step, me.index, label, arg, result))
@@ -239,19 +243,6 @@ class ControlledScheduler:
     def thread_names(self) -> list[str]:
         return [t.name for t in self.threads]
 
-    def preemptions(self) -> int:
-        """Switches away from a thread that could have gone on (what PCT counts)."""
-        n = 0
-        prev = None
-        for s in self.steps:
-            if prev is not None and s.thread != prev.thread and not self._ended_at(prev):
-                n += 1
-            prev = s
-        return n
-
-    def _ended_at(self, s: Step) -> bool:
-        return False
-
 
 # ---------------------------------------------------------------------- strategies
 class Strategy:
@@ -292,30 +283,50 @@ class PCTStrategy(Strategy):
             if i not in self.priorities:
                 # fresh threads get a random priority above every changed one
                 self.priorities[i] = 1.0 + self.rng.random()
+        cur = sched.current
         while self.change_points and sched.step >= self.change_points[0]:
             self.change_points.pop(0)
-            cur = sched.current
             if cur is not None and cur.index in self.priorities:
-                self._low -= 1.0
-                self.priorities[cur.index] = self._low
+                self._demote(cur.index)
+        if cur is not None and cur.label in YIELD_HINTS and len(runnable) > 1:
+            # A spinning thread waits for others: let them run (else PCT livelocks).
+            self._demote(cur.index)
         return max(runnable, key=lambda i: self.priorities[i])
+
+    def _demote(self, index: int) -> None:
+        self._low -= 1.0
+        self.priorities[index] = self._low
 
 
 class ReplayStrategy(Strategy):
-    """Follow a recorded schedule exactly; diverge loudly if it cannot be followed."""
+    """Follow a recorded schedule exactly; diverge loudly if it cannot be followed.
 
-    def __init__(self, schedule: Sequence[int], then: Strategy | None = None) -> None:
+    With ``lenient=True`` (the shrinker's mode) a decision that cannot be followed takes
+    the thread that ran last if it can go on, else the lowest runnable one, so that any
+    edited schedule is a valid one; ``followed`` counts the decisions taken as written.
+    """
+
+    def __init__(self, schedule: Sequence[int], then: Strategy | None = None,
+                 lenient: bool = False) -> None:
         self.schedule = list(schedule)
         self.pos = 0
         self.then = then
+        self.lenient = lenient
+        self.followed = 0
 
     def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
         if self.pos >= len(self.schedule):
             if self.then is not None:
                 return self.then.choose(sched, runnable)
-            return runnable[0]
+            cur = sched.current
+            return cur.index if cur is not None and cur.index in runnable else runnable[0]
         want = self.schedule[self.pos]
         self.pos += 1
+        if want not in runnable and self.lenient:
+            cur = sched.current
+            return cur.index if cur is not None and cur.index in runnable else runnable[0]
+        if want in runnable:
+            self.followed += 1
         if want not in runnable:
             names = sched.thread_names()
             who = names[want] if want < len(names) else f"#{want}"
@@ -378,7 +389,3 @@ class ScriptStrategy(Strategy):
             self.count += 1
             return idx
         return runnable[0]
-
-    @property
-    def finished(self) -> bool:
-        return self.pos >= len(self.script)

@@ -1,0 +1,80 @@
+"""The configuration of a run and the seed streams it draws from.
+
+One seed decides everything.  It is split into named streams (workload, schedule, busy
+injection, free-mode stalls), each a ``random.Random`` seeded from a string, which Python
+hashes with SHA-512: the same on every run, process and machine, and independent of
+``PYTHONHASHSEED``.  Nothing reads the wall clock, ``id()`` or the global ``random``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields, replace
+
+from core.variants import get_variant
+
+MODES = ("controlled", "free")
+STRATEGIES = ("pct", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration that makes no sense; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that shapes one run except its seed."""
+    variant: str = "hugepage-rfc"
+    mode: str = "controlled"
+    strategy: str = "pct"
+    depth: int = 3
+    vcpus: int = 2
+    zappers: int = 2
+    ops: int = 10               # zapper operations per zapper; guest program length scales
+    busy_rate: float = 0.0
+    max_steps: int = 100_000    # a run past this without ending is a HANG
+    stall_rate: float = 0.05    # free mode: chance of a short stall at a yield point
+
+    def validate(self) -> "RunConfig":
+        get_variant(self.variant)   # raises UnknownVariant with the list of valid ones
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; valid strategies: "
+                              f"{', '.join(STRATEGIES)}")
+        checks = [
+            (1 <= self.depth <= 20, "--depth must be between 1 and 20"),
+            (1 <= self.vcpus <= 16, "--vcpus must be between 1 and 16"),
+            (0 <= self.zappers <= 16, "--zappers must be between 0 and 16"),
+            (1 <= self.ops <= 10_000, "--ops must be between 1 and 10000"),
+            (0.0 <= self.busy_rate < 1.0, "--busy-rate must be at least 0 and below 1"),
+            (100 <= self.max_steps <= 100_000_000, "--max-steps must be between 100 and 1e8"),
+            (0.0 <= self.stall_rate <= 1.0, "the stall rate must be between 0 and 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {sorted(unknown)}")
+        return cls(**d).validate()
+
+    def with_(self, **kw: object) -> "RunConfig":
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+class Streams:
+    """Named random streams split from one seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def get(self, name: str) -> random.Random:
+        return random.Random(f"tdx-stress:{self.seed}:{name}")

@@ -1,0 +1,171 @@
+"""One seed: build the VM, run its threads under a scheduler, tear down, check.
+
+A run is a pure function of (configuration, seed) in controlled mode: the workload, the
+schedule and the injected BUSY all come from the seed's streams, so running it twice
+gives the same schedule and the same trace hash.  In free mode the run leaves the trace
+that the controlled scheduler can follow (``trace=``) to replay it exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from core.findings import Finding, Recorder
+from core.invariants import report_invariants
+from core.sched import ThreadCtx, current, set_current
+from core.variants import get_variant
+
+from .config import RunConfig, Streams
+from .controlled import (
+    ControlledScheduler,
+    PCTStrategy,
+    RandomStrategy,
+    ReplayStrategy,
+    ScheduleDiverged,
+    Step,
+)
+from .free import FreeScheduler, TraceStrategy
+from .workload import Workload, generate, new_vm, vcpu_role, zapper_role
+
+StopOn = Callable[[Finding], bool]
+
+
+@dataclass
+class RunResult:
+    seed: int
+    config: RunConfig
+    findings: list[Finding]
+    counts: dict[str, int]
+    rows: list[int]
+    attr_changes: int
+    busy: dict[str, int]
+    steps: int
+    schedule: list[int]              # controlled: the decisions; free: the trace
+    trace_hash: str
+    threads: list[str]
+    step_log: list[Step] = field(default_factory=list)
+    abort_reason: str = ""
+    divergence: str | None = None
+    workload: Workload | None = None
+    vm_bugged: bool = False
+    preemptions: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.findings)
+
+
+def hunt_stop(variant: str) -> StopOn:
+    """The finding a hunt variant is after (MODEL §6), for --stop-on-first."""
+    v = get_variant(variant)
+    if v.hunt is None:
+        return lambda f: f.kind not in ("LOCKDEP",)
+    return lambda f: f.kind == v.hunt_kind and f.path == v.hunt
+
+
+def _hash_steps(labels: list[tuple[int, str]]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for idx, label in labels:
+        h.update(f"{idx}:{label};".encode())
+    return h.hexdigest()
+
+
+def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
+             schedule: list[int] | None = None, trace: list[int] | None = None,
+             workload: Workload | None = None, lenient: bool = False,
+             record_steps: bool = True, teardown: bool = True) -> RunResult:
+    """Run one seed.  ``schedule`` replays a controlled run's decisions (``lenient``:
+    decisions that cannot be followed fall back instead of diverging); ``trace`` follows
+    a free run's linearised trace under the controlled scheduler; ``workload`` replaces
+    the one the seed would generate (a shrunk repro carries its own)."""
+    streams = Streams(seed)
+    if workload is None:
+        workload = generate(cfg, streams.get("workload"))
+    rec = Recorder()
+    sched: ControlledScheduler | FreeScheduler
+    if cfg.mode == "free" and schedule is None and trace is None:
+        sched = FreeScheduler(stall_rate=cfg.stall_rate, seed=seed, max_steps=cfg.max_steps,
+                              recorder=rec, record_labels=record_steps)
+    else:
+        if trace is not None:
+            strategy = TraceStrategy(trace)
+        elif schedule is not None:
+            strategy = ReplayStrategy(schedule, lenient=lenient)
+        elif cfg.strategy == "random":
+            strategy = RandomStrategy(streams.get("schedule"))
+        else:
+            strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
+                                   max_steps=_pct_horizon(cfg))
+        sched = ControlledScheduler(strategy, max_steps=cfg.max_steps, recorder=rec,
+                                    record_steps=record_steps)
+    rec._step_of = lambda: sched.step
+    if stop_on is not None:
+        def listener(f: Finding) -> None:
+            if stop_on(f):
+                sched.abort(f"stop on {f.signature}")
+        rec.listeners.append(listener)
+
+    main_ctx = current()
+    set_current(ThreadCtx("setup"))
+    try:
+        kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs))
+        kvm.build(workload.initial)
+        max_trips = cfg.ops * 8
+        threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips))
+                   for i, prog in enumerate(workload.programs)]
+        threads += [(f"zapper{j}", zapper_role(kvm, script))
+                    for j, script in enumerate(workload.zaps)]
+        sched.run(threads)
+        workers = [t.ctx for t in sched.threads] if isinstance(sched, ControlledScheduler) \
+            else list(sched._workers.values())
+        stopped = sched.aborting
+        set_current(ThreadCtx("teardown"))
+        teardown_ctx = current()
+        if not stopped:
+            report_invariants(kvm)
+            if teardown:
+                kvm.kvm_destroy_vm()
+                report_invariants(kvm, final=True)
+    finally:
+        set_current(main_ctx)
+
+    rows = [0] * 15
+    attr = 0
+    for ctx in workers + [teardown_ctx]:
+        for i in range(15):
+            rows[i] += ctx.rows[i]
+        attr += ctx.attr_changes
+    if isinstance(sched, ControlledScheduler):
+        labels = [(s.thread, s.label) for s in sched.steps]
+        sched_list = sched.schedule
+        divergence = str(sched.divergence) if sched.divergence else None
+        step_log = sched.steps if record_steps else []
+    else:
+        labels = list(zip(sched.trace, sched.labels, strict=False))
+        sched_list = sched.trace
+        divergence = None
+        step_log = [Step(i + 1, t, lbl, None) for i, (t, lbl) in enumerate(labels)]
+    return RunResult(
+        seed=seed, config=cfg, findings=list(rec.findings), counts=dict(rec.counts),
+        rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
+        schedule=list(sched_list), trace_hash=_hash_steps(labels),
+        threads=[n for n, _ in threads], step_log=step_log,
+        abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
+        vm_bugged=kvm.vm_bugged,
+        preemptions=sched.preemptions if isinstance(sched, ControlledScheduler) else 0,
+    )
+
+
+def _pct_horizon(cfg: RunConfig) -> int:
+    """PCT's k: a rough number of steps a run of this size takes, so that change points
+    land inside the run rather than after it."""
+    return max(200, 120 * cfg.ops * (cfg.vcpus + cfg.zappers))
+
+
+def replay_free(cfg: RunConfig, seed: int, trace: list[int]) -> RunResult:
+    """Follow a free run's trace under the controlled scheduler."""
+    return run_seed(cfg, seed, trace=trace)
+
+
+__all__ = ["RunResult", "run_seed", "replay_free", "hunt_stop", "ScheduleDiverged"]

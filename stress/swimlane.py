@@ -1,0 +1,75 @@
+"""Swim lanes: a plain-text diagram of the steps leading to a finding.
+
+One column per thread, one row per step, the operation and its result in the column of
+the thread that took it, the failing step marked.  Plain ASCII so it survives a mailing
+list.  Example (abridged)::
+
+    step   | vcpu0                      | zapper0
+    -------+----------------------------+-----------------------------
+      1203 | TDH.VP.ENTER:lock  -> ok   |
+      1204 |                            | TDH.MEM.PAGE.AUG:lock -> BUSY
+    > 1204 |                            | KVM_BUG_ON handle_changed_spte (a1)
+"""
+from __future__ import annotations
+
+from core.findings import Finding
+from core.spte import describe
+from core.store import KvmMmuPage
+from core.tdx_errno import name as err_name
+
+from .controlled import Step
+
+_SEAM = ("TDH.", "TDG.")
+
+
+def _fmt_arg(label: str, arg: object) -> str:
+    if isinstance(arg, tuple) and arg and isinstance(arg[0], KvmMmuPage):
+        sp = arg[0]
+        i = arg[1] if len(arg) > 1 else 0
+        gfn = sp.gfn + i * (1 << (9 * (sp.level - 1)))
+        extra = ""
+        if label == "spte.cmpxchg" and len(arg) == 4:
+            extra = f" {describe(arg[2], sp.level)}->{describe(arg[3], sp.level)}"
+        elif label in ("spte.write", "spte.xchg") and len(arg) == 3:
+            extra = f" :={describe(arg[2], sp.level)}"
+        kind = "M" if sp.is_mirror else "D"
+        return f"{kind}L{sp.level} gfn={gfn:#x}{extra}"
+    if isinstance(arg, tuple):
+        return ",".join(f"{a:#x}" if isinstance(a, int) and a > 9 else str(a) for a in arg)
+    if arg is None:
+        return ""
+    return f"{arg:#x}" if isinstance(arg, int) and arg > 9 else str(arg)
+
+
+def _fmt_result(label: str, result: object) -> str:
+    if label.startswith(_SEAM) and isinstance(result, int):
+        return "ok" if result == 0 else err_name(result)
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], bool):
+        return "ok" if result[0] else "failed"
+    if isinstance(result, bool):
+        return str(result).lower()
+    return ""
+
+
+def render(steps: list[Step], threads: list[str], finding: Finding | None = None, *,
+           last: int = 40, width: int = 34) -> str:
+    """The ``last`` steps up to (and including) the finding's step."""
+    end = finding.step if finding is not None and finding.step else (steps[-1].step if steps else 0)
+    upto = [s for s in steps if s.step <= end][-last:]
+    head = "step   | " + " | ".join(f"{t:<{width}}" for t in threads)
+    rule = "-------+" + "+".join("-" * (width + 2) for _ in threads)
+    lines = [head, rule]
+    for s in upto:
+        arg = _fmt_arg(s.label, s.arg)
+        res = _fmt_result(s.label, s.result)
+        cell = s.label + (f"({arg})" if arg else "") + (f" -> {res}" if res else "")
+        cells = [cell[:width] if i == s.thread else "" for i in range(len(threads))]
+        mark = ">" if finding is not None and s.step == end else " "
+        lines.append(f"{mark}{s.step:>5} | " + " | ".join(f"{c:<{width}}" for c in cells))
+    if finding is not None:
+        col = threads.index(finding.thread) if finding.thread in threads else 0
+        text = f"{finding.kind} {finding.where}" + (f" ({finding.path})" if finding.path else "")
+        cells = [text[:width] if i == col else "" for i in range(len(threads))]
+        lines.append(f">{end:>5} | " + " | ".join(f"{c:<{width}}" for c in cells))
+        lines.append(f"        {finding.kind}: {finding.message.splitlines()[0]}")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Thread roles and the workload a seed generates (vCPU guest programs, zapper scripts).
+
+The address space is small on purpose, so that threads meet: a 4K region of 16 pages
+(one 4K table), a 2M region (a 2M leaf or a table of 512), and a few shared pages.  Every
+vCPU touches and accepts pages of those regions; every zapper punches holes, converts,
+deletes and re-adds memslots, splits 2M leaves, zaps tables, prefaults, populates tables
+and recovers huge pages in the same ranges.  The path a hunt variant opens is drawn more
+often, so a hunt exercises it in every run.
+
+Zero-step mitigation needs the same EPT violation six times without progress: a vCPU
+touching a page that a zapper keeps invalidating bounces out of its local retry on every
+kick, which is how the defaults make it common.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from core.kvm import Kvm, MemRegion
+from core.sched import current
+from core.spte import PG_LEVEL_2M, PG_LEVEL_4K
+from core.variants import get_variant
+
+from .config import RunConfig
+
+SMALL = MemRegion(0x0, 16)
+HUGE = MemRegion(0x200, 512, huge=True)
+REGIONS = (SMALL, HUGE)
+SHARED_GFNS = tuple(range(0x40, 0x44))
+HUGE_HOT = (0x200, 0x201, 0x205, 0x2FF)      # a few pages of the 2M region guests touch
+
+# zapper operations and their weights; a hunt variant's own path is weighted up
+ZAP_OPS = {
+    "punch": 3, "convert": 2, "memslot": 1, "notifier": 2, "split": 2, "zap_table": 2,
+    "prefault": 2, "populate": 1, "recover": 1,
+}
+HUNT_OP = {"a1": "prefault", "a2": "populate", "b": "recover", "c": "notifier",
+           "d": "zap_table"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    initial: tuple[int, ...]                 # PAGE.ADD before finalise
+    programs: tuple[tuple[tuple, ...], ...]  # per vCPU
+    zaps: tuple[tuple[tuple, ...], ...]      # per zapper
+
+
+def _gfn(rng: random.Random, hugepages: bool) -> int:
+    if hugepages and rng.random() < 0.35:
+        return rng.choice(HUGE_HOT)
+    return rng.randrange(SMALL.base, SMALL.base + 8)    # a hot half of the 4K region
+
+
+def generate(cfg: RunConfig, rng: random.Random) -> Workload:
+    """The workload of a run, from the seed's workload stream."""
+    variant = get_variant(cfg.variant)
+    huge = variant.hugepages
+    programs = []
+    for _ in range(cfg.vcpus):
+        prog: list[tuple] = []
+        for _ in range(cfg.ops * 2):
+            r = rng.random()
+            g = _gfn(rng, huge)
+            if r < 0.6:
+                prog.append(("touch", g))
+            elif r < 0.85:
+                level = PG_LEVEL_2M if (huge and g >= HUGE.base and rng.random() < 0.5) \
+                    else PG_LEVEL_4K
+                prog.append(("accept", g, level))
+            else:
+                prog.append(("shared", rng.choice(SHARED_GFNS)))
+        programs.append(tuple(prog))
+    weights = dict(ZAP_OPS)
+    if variant.hunt:
+        weights[HUNT_OP[variant.hunt]] *= 4
+    names = sorted(weights)
+    zaps = []
+    for _ in range(cfg.zappers):
+        script: list[tuple] = []
+        for _ in range(cfg.ops):
+            op = rng.choices(names, weights=[weights[n] for n in names])[0]
+            if op in ("split", "recover", "zap_table") and huge and rng.random() < 0.7:
+                g = rng.choice(HUGE_HOT)
+            else:
+                g = _gfn(rng, huge)
+            n = rng.choice((1, 1, 2, 4))
+            script.append((op, g, n))
+        zaps.append(tuple(script))
+    initial = tuple(sorted(rng.sample(range(SMALL.base + 8, SMALL.base + 16), 2)))
+    return Workload(initial, tuple(programs), tuple(zaps))
+
+
+def new_vm(cfg: RunConfig, sched: object, rec: object, busy_rng: random.Random,
+           nr_vcpus: int) -> Kvm:
+    return Kvm(cfg.variant, sched, nr_vcpus=max(1, nr_vcpus),  # type: ignore[arg-type]
+               regions=REGIONS, busy_rate=cfg.busy_rate, rng=busy_rng,
+               recorder=rec)  # type: ignore[arg-type]
+
+
+def workload_to_json(w: Workload) -> dict:
+    return {"initial": list(w.initial),
+            "programs": [[list(i) for i in p] for p in w.programs],
+            "zaps": [[list(o) for o in z] for z in w.zaps]}
+
+
+def workload_from_json(d: dict) -> Workload:
+    return Workload(tuple(d["initial"]),
+                    tuple(tuple(tuple(i) for i in p) for p in d["programs"]),
+                    tuple(tuple(tuple(o) for o in z) for z in d["zaps"]))
+
+
+def run_zap_op(kvm: Kvm, op: tuple) -> None:
+    """One zapper operation: what a VMM thread or the kernel does to the VM."""
+    name, g, n = op
+    if name == "punch":
+        kvm.kvm_gmem_punch_hole(g, g + n)
+    elif name == "convert":
+        kvm.kvm_vm_set_mem_attributes(g, g + n, shared=True)
+    elif name == "memslot":
+        kvm.kvm_memslot_delete_readd(g, g + n)
+    elif name == "notifier":
+        kvm.kvm_mmu_notifier_zap(g, g + n)
+    elif name == "split":
+        kvm.kvm_split_huge_page(g)
+    elif name == "zap_table":
+        kvm.kvm_zap_table(g)
+    elif name == "prefault":
+        kvm.kvm_prefault(g)
+    elif name == "populate":
+        kvm.kvm_populate_tables(g)
+    elif name == "recover":
+        kvm.kvm_recover_huge_pages(g)
+    else:
+        raise ValueError(f"unknown zapper operation {name!r}")
+
+
+def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int):
+    """A vCPU thread: enter the guest until its program is done or the VM is dead."""
+    from core.guest import ProgramGuest
+
+    def body() -> None:
+        v = kvm.vcpus[vcpu_id]
+        current().vcpu = v
+        guest = ProgramGuest(program)
+        for _ in range(max_trips):
+            if not kvm.vcpu_enter_guest(v, guest) or guest.done:
+                return
+    return body
+
+
+def zapper_role(kvm: Kvm, script: tuple[tuple, ...]):
+    def body() -> None:
+        for op in script:
+            run_zap_op(kvm, op)
+    return body
