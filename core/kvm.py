@@ -29,7 +29,7 @@ from .spte import (
     is_shadow_present_pte,
 )
 from .store import PageAllocator
-from .tdp_mmu import RET_PF_MEMORY_FAULT, RET_PF_RETRY, PageFault, TdpMmu
+from .tdp_mmu import RET_PF_MEMORY_FAULT, RET_PF_RETRY, RET_PF_SPLIT, PageFault, TdpMmu
 from .tdx import KVM_REQ_OUTSIDE_GUEST_MODE, KVM_REQ_VM_DEAD, KvmTdx
 from .tdx_errno import NAMES, status, tdx_operand_busy
 from .tdx_module import TdxModule
@@ -121,6 +121,7 @@ class Kvm:
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         self.invalidate_ranges: list[tuple[int, int]] = []
+        self.invalid_slots: list[tuple[int, int]] = []   # KVM_MEMSLOT_INVALID ranges
         self.vm_bugged = False
         self.vm_dead = False
 
@@ -258,6 +259,9 @@ class Kvm:
             pfn = self.sched.op("shared_get_pfn", gfn, shared_pfn)
             level = PG_LEVEL_4K
         fault = PageFault(gfn, level, private, pfn, seq)
+        if self.sched.op("kvm_faultin_pfn:slot", gfn,
+                         lambda: any(s <= gfn < e for s, e in self.invalid_slots)):
+            return RET_PF_RETRY     # no usable memslot: the fault cannot succeed now
         self.mmu_lock.lock("write" if write_lock else "read")
         try:
             if self.is_page_fault_stale(fault):
@@ -274,9 +278,23 @@ class Kvm:
         while True:
             vcpu.stats["faults"] += 1
             ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
+            if ret == RET_PF_SPLIT:
+                # hugepage RFC: the guest accepts at 4K inside a private 2M leaf; split
+                # the leaf under the write lock, then fault the 4K page in.
+                self.kvm_split_huge_page(exit.gfn)
+                continue
             if ret != RET_PF_RETRY:
                 return ret
             vcpu.stats["fault_retries"] += 1
+            # "Bail if the memslot is invalid, i.e. is being deleted, as faulting in will
+            # never succeed and this task needs to drop SRCU in order to let memslot
+            # deletion complete."  The guest re-faults at the same RIP: zero-step food.
+            gfn = exit.gfn
+            if self.sched.op("kvm_vcpu_gfn_to_memslot", gfn,
+                             lambda: any(s <= gfn < e for s, e in self.invalid_slots)):
+                vcpu.stats["slot_invalid"] = vcpu.stats.get("slot_invalid", 0) + 1
+                cpu_relax(self.sched, "cond_resched")
+                return ret
             pending = self.sched.op("kvm_vcpu_has_events", vcpu.vcpu_id,
                                     lambda: bool(vcpu.requests) or self.vm_dead)
             if pending:
@@ -329,17 +347,20 @@ class Kvm:
             return False
         if reqs:
             self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            cpu_relax(self.sched, "cond_resched")
             return True
         # tdx_vcpu_run(): "Wait until retry of SEPT-zap-related SEAMCALL completes before
         # allowing vCPU entry to avoid contention with tdh_vp_enter() and TDCALLs."
         if self.sched.op("READ_ONCE(wait_for_sept_zap)", None, lambda: self.tdx.wait_for_sept_zap):
             vcpu.stats["zap_wait"] += 1
             self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            cpu_relax(self.sched, "cond_resched")   # vcpu_run()'s loop reschedules here
             return True
         err, faked = m.tdh_vp_enter(vcpu.vcpu_id)
         if tdx_operand_busy(err):
             vcpu.stats["busy_enter"] += 1
             self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+            cpu_relax(self.sched, "cond_resched")
             return True
         if err:
             self.tdx_bug_on(err, "tdx_vcpu_run", "TDH.VP.ENTER")
@@ -418,13 +439,23 @@ class Kvm:
         self.kvm_mmu_invalidate_end(start, end)
 
     def kvm_memslot_delete_readd(self, start: int, end: int) -> None:
-        """Delete and re-add a memslot: kvm_mmu_zap_memslot() zaps both roots."""
+        """Delete and re-add a memslot: the slot is marked KVM_MEMSLOT_INVALID, both
+        roots are zapped (kvm_mmu_zap_memslot()), the slot goes, then comes back.
+        Faults in the range fail until it is back."""
         if not self._ioctl_alive():
             return
+
+        def mark(invalid: bool) -> None:
+            if invalid:
+                self.invalid_slots.append((start, end))
+            else:
+                self.invalid_slots.remove((start, end))
+        self.sched.op("memslot.invalidate", (start, end), lambda: mark(True))
         self.kvm_mmu_invalidate_begin(start, end)
         self._zap_range(start, end, private=True)
         self._zap_range(start, end, private=False)
         self.kvm_mmu_invalidate_end(start, end)
+        self.sched.op("memslot.readd", (start, end), lambda: mark(False))
 
     def kvm_mmu_notifier_zap(self, start: int, end: int) -> None:
         """An MMU-notifier-style unmap of private leaves.  As designed: the write lock

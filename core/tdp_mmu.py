@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_INVALID = 0, 1, 2, 3
 RET_PF_FIXED, RET_PF_SPURIOUS = 4, 5
 RET_PF_MEMORY_FAULT = 6     # -EFAULT with KVM_EXIT_MEMORY_FAULT: userspace must convert
+RET_PF_SPLIT = 7            # a private 2M leaf maps a GFN the guest wants at 4K
 EBUSY, EIO, EINVAL = 16, 5, 22
 
 
@@ -346,7 +347,10 @@ class TdpMmu:
                         break
                 if is_shadow_present_pte(old):
                     if is_last_spte(old, level):
-                        return RET_PF_SPURIOUS     # a huge leaf already maps the gfn
+                        # A huge leaf already maps the gfn.  For a private fault at a
+                        # smaller level (the guest accepts at 4K) the hugepage RFC splits
+                        # the leaf under the write lock first; the caller does that.
+                        return RET_PF_SPLIT if root.is_mirror else RET_PF_SPURIOUS
                     sp, level = self.spte_to_child_sp(old), level - 1
                     continue
                 if not shared and self.variant.hunt == "a1":

@@ -159,6 +159,7 @@ class TdxModule:
         self.calls: dict[str, int] = {}
         self.audit: list[tuple[int, str]] = []   # (MODEL §7 invariant number, message)
         self.audit_checked = 0                   # how much of it the checker has seen
+        self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
 
     # ------------------------------------------------------------------ S-EPT access
     def entry(self, gfn: int, level: int) -> SeptEntry:
@@ -643,6 +644,7 @@ class TdxModule:
         if v.ept_count >= ZERO_STEP_THRESHOLD and gfn not in v.zstep_gpas \
                 and len(v.zstep_gpas) < ZERO_STEP_MAX_GPAS:
             v.zstep_gpas.append(gfn)
+            self.zero_step_arms += 1
 
     def guest_progress(self, vcpu_id: int, rip: int) -> None:
         """The guest retired an instruction: a new RIP clears the zero-step state."""
@@ -690,6 +692,9 @@ class TdxModule:
                 return TDX_SUCCESS
             if e.state == MAPPED:
                 return TDX_PAGE_ALREADY_ACCEPTED
+            if e.state == NL_MAPPED:
+                # a table maps the range at a smaller size: the guest retries at 4K
+                return TDX_PAGE_SIZE_MISMATCH
             return TDX_EPT_ENTRY_STATE_INCORRECT
         return self._seamcall("TDG.MEM.PAGE.ACCEPT", (vcpu_id, gfn, level), lock, effect,
                               guest=True, vcpu=self.vcpus[vcpu_id], injectable=False)

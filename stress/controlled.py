@@ -260,13 +260,28 @@ class RandomStrategy(Strategy):
         return runnable[0] if len(runnable) == 1 else self.rng.choice(runnable)
 
 
+def is_sync(label: str) -> bool:
+    """Where PCT may place a priority change: the second step of a SEAMCALL or TDCALL,
+    i.e. the thread holds the module's locks and is about to apply the effect.
+
+    Every BUSY of the TDX module comes from a thread parked in such a window, so these
+    are the preemptions that expose the races the tool hunts; counting only them keeps
+    PCT's k (and so its bound 1/(n*k^(d-1))) small.  Plain SPTE reads, the bulk of the
+    steps, would dilute the change points without exposing anything new.
+    """
+    return label.startswith(("TDH.", "TDG.")) and not label.endswith(":lock")
+
+
 class PCTStrategy(Strategy):
     """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
 
     Threads get distinct random priorities; the highest-priority runnable thread runs.
-    ``depth - 1`` change points are drawn uniformly over the first ``max_steps`` steps;
-    at each, the running thread drops below every other.  A bug of depth d in a run of
-    k steps with n threads is found with probability at least 1/(n * k^(d-1)).
+    ``depth - 1`` change points are drawn uniformly over the first ``max_steps``
+    SEAMCALL windows (:func:`is_sync`); at each, the thread about to finish that
+    SEAMCALL drops below every other, holding the module's locks.  A bug of depth d in a run of k such steps with n
+    threads is found with probability at least 1/(n * k^(d-1)).  At a spin hint
+    (``cpu_relax``/``cond_resched``) one step goes to a random other thread, so a
+    spin-wait cannot starve the thread it waits for.
     """
 
     def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000) -> None:
@@ -276,6 +291,7 @@ class PCTStrategy(Strategy):
         self.priorities: dict[int, float] = {}
         self.change_points = sorted(rng.randrange(1, max(2, max_steps))
                                     for _ in range(max(0, depth - 1)))
+        self.sync_steps = 0
         self._low = 0.0
 
     def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
@@ -284,13 +300,19 @@ class PCTStrategy(Strategy):
                 # fresh threads get a random priority above every changed one
                 self.priorities[i] = 1.0 + self.rng.random()
         cur = sched.current
-        while self.change_points and sched.step >= self.change_points[0]:
-            self.change_points.pop(0)
-            if cur is not None and cur.index in self.priorities:
-                self._demote(cur.index)
+        if cur is not None and is_sync(cur.label):
+            self.sync_steps += 1
+            while self.change_points and self.sync_steps >= self.change_points[0]:
+                self.change_points.pop(0)
+                if cur.index in self.priorities:
+                    self._demote(cur.index)
         if cur is not None and cur.label in YIELD_HINTS and len(runnable) > 1:
-            # A spinning thread waits for others: let them run (else PCT livelocks).
-            self._demote(cur.index)
+            # A spinning thread waits for others.  Hand one step to a random other
+            # thread and come back: the spinner keeps its priority (so it really spins,
+            # as a vCPU bouncing off an invalid memslot does until zero-step arms), and
+            # everybody else still progresses (so PCT cannot livelock on a spin).
+            others = [i for i in runnable if i != cur.index]
+            return others[0] if len(others) == 1 else self.rng.choice(others)
         return max(runnable, key=lambda i: self.priorities[i])
 
     def _demote(self, index: int) -> None:

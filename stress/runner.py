@@ -50,6 +50,8 @@ class RunResult:
     workload: Workload | None = None
     vm_bugged: bool = False
     preemptions: int = 0
+    zero_step_arms: int = 0
+    vcpu_stats: list[dict] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -111,7 +113,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     try:
         kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs))
         kvm.build(workload.initial)
-        max_trips = cfg.ops * 8
+        max_trips = 1000  # entries without progress before a vCPU is called livelocked
         threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips))
                    for i, prog in enumerate(workload.programs)]
         threads += [(f"zapper{j}", zapper_role(kvm, script))
@@ -149,6 +151,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     return RunResult(
         seed=seed, config=cfg, findings=list(rec.findings), counts=dict(rec.counts),
         rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
+        zero_step_arms=kvm.module.zero_step_arms,
+        vcpu_stats=[dict(v.stats) for v in kvm.vcpus],
         schedule=list(sched_list), trace_hash=_hash_steps(labels),
         threads=[n for n, _ in threads], step_log=step_log,
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
@@ -160,7 +164,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
 def _pct_horizon(cfg: RunConfig) -> int:
     """PCT's k: a rough number of steps a run of this size takes, so that change points
     land inside the run rather than after it."""
-    return max(200, 120 * cfg.ops * (cfg.vcpus + cfg.zappers))
+    return max(20, 3 * cfg.ops * (cfg.vcpus + cfg.zappers))
 
 
 def replay_free(cfg: RunConfig, seed: int, trace: list[int]) -> RunResult:

@@ -40,7 +40,7 @@ class Size:
 
 def size_of(r: RunResult, w: Workload) -> Size:
     return Size(r.preemptions, len(w.programs) + len(w.zaps),
-                sum(map(len, w.programs)) + sum(map(len, w.zaps)), r.steps)
+                sum(map(len, w.programs)) + sum(map(len, w.zaps)) + len(w.initial), r.steps)
 
 
 class Shrinker:
@@ -76,7 +76,7 @@ class Shrinker:
         improved = True
         while improved and self.runs < self.max_runs:
             improved = False
-            for step in (self._switches, self._threads, self._operations):
+            for step in (self._threads, self._operations, self._switches):
                 got = step(w, best)
                 if got is not None:
                     w, best = got
@@ -136,29 +136,44 @@ class Shrinker:
         return None
 
     def _operations(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
-        for zi, script in enumerate(w.zaps):
-            for k in reversed(range(len(script))):
-                zaps = list(w.zaps)
-                zaps[zi] = script[:k] + script[k + 1:]
-                cand = replace(w, zaps=tuple(zaps))
+        """Drop zapper operations, guest instructions and initial pages, in halving
+        chunks over all of them at once (ddmin)."""
+        found = None
+        items = self._items(w)
+        chunk = max(1, len(items) // 2)
+        while chunk >= 1 and self.runs < self.max_runs:
+            i = 0
+            progressed = False
+            while i < len(items) and self.runs < self.max_runs:
+                drop = set(items[i:i + chunk])
+                cand = self._without(w, drop)
                 r = self._try(cand, best.schedule)
                 if self._better(r, cand, best, w):
                     assert r is not None
-                    return cand, r
-                if self.runs >= self.max_runs:
-                    return None
-        for pi, prog in enumerate(w.programs):
-            for k in reversed(range(len(prog))):
-                progs = list(w.programs)
-                progs[pi] = prog[:k] + prog[k + 1:]
-                cand = replace(w, programs=tuple(progs))
-                r = self._try(cand, best.schedule)
-                if self._better(r, cand, best, w):
-                    assert r is not None
-                    return cand, r
-                if self.runs >= self.max_runs:
-                    return None
-        return None
+                    w, best, found = cand, r, (cand, r)
+                    items = self._items(w)
+                    progressed = True
+                else:
+                    i += chunk
+            if not progressed:
+                chunk //= 2
+        return found
+
+    @staticmethod
+    def _items(w: Workload) -> list[tuple[str, int, int]]:
+        out = [("z", zi, k) for zi, z in enumerate(w.zaps) for k in range(len(z))]
+        out += [("p", pi, k) for pi, p in enumerate(w.programs) for k in range(len(p))]
+        out += [("i", 0, k) for k in range(len(w.initial))]
+        return out
+
+    @staticmethod
+    def _without(w: Workload, drop: set[tuple[str, int, int]]) -> Workload:
+        zaps = tuple(tuple(op for k, op in enumerate(z) if ("z", zi, k) not in drop)
+                     for zi, z in enumerate(w.zaps))
+        progs = tuple(tuple(ins for k, ins in enumerate(p) if ("p", pi, k) not in drop)
+                      for pi, p in enumerate(w.programs))
+        initial = tuple(g for k, g in enumerate(w.initial) if ("i", 0, k) not in drop)
+        return Workload(initial, progs, zaps)
 
 
 def shrink_repro(repro: Repro, max_runs: int = 400) -> tuple[dict, Size, Size, int]:

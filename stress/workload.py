@@ -31,11 +31,13 @@ HUGE_HOT = (0x200, 0x201, 0x205, 0x2FF)      # a few pages of the 2M region gues
 
 # zapper operations and their weights; a hunt variant's own path is weighted up
 ZAP_OPS = {
-    "punch": 3, "convert": 2, "memslot": 1, "notifier": 2, "split": 2, "zap_table": 2,
+    "punch": 3, "convert": 2, "memslot": 3, "notifier": 2, "split": 2, "zap_table": 2,
     "prefault": 2, "populate": 1, "recover": 1,
 }
-HUNT_OP = {"a1": "prefault", "a2": "populate", "b": "recover", "c": "notifier",
-           "d": "zap_table"}
+# The operations a hunt's path needs: the path itself (x4), and what sets it up (x2):
+# a2 links tables, so tables must go first; b promotes tables that a split made.
+HUNT_OPS = {"a1": ("prefault", ("memslot", "punch")), "a2": ("populate", ("zap_table",)),
+            "b": ("recover", ("split",)), "c": ("notifier", ()), "d": ("zap_table", ())}
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,15 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
     variant = get_variant(cfg.variant)
     huge = variant.hugepages
     programs = []
-    for _ in range(cfg.vcpus):
+    # Guests have locality: each vCPU keeps coming back to one page, and the VMM's
+    # zappers work on the pages guests use.  That is what lets an invalidation window
+    # catch a vCPU again and again (zero-step) and puts two threads on one S-EPT entry.
+    homes = [_gfn(rng, huge) for _ in range(cfg.vcpus)]
+    for home in homes:
         prog: list[tuple] = []
         for _ in range(cfg.ops * 2):
             r = rng.random()
-            g = _gfn(rng, huge)
+            g = home if rng.random() < 0.4 else _gfn(rng, huge)
             if r < 0.6:
                 prog.append(("touch", g))
             elif r < 0.85:
@@ -72,7 +78,10 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
         programs.append(tuple(prog))
     weights = dict(ZAP_OPS)
     if variant.hunt:
-        weights[HUNT_OP[variant.hunt]] *= 4
+        path, setup = HUNT_OPS[variant.hunt]
+        weights[path] *= 4
+        for op in setup:
+            weights[op] *= 2
     names = sorted(weights)
     zaps = []
     for _ in range(cfg.zappers):
@@ -81,9 +90,11 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
             op = rng.choices(names, weights=[weights[n] for n in names])[0]
             if op in ("split", "recover", "zap_table") and huge and rng.random() < 0.7:
                 g = rng.choice(HUGE_HOT)
+            elif rng.random() < 0.5:
+                g = rng.choice(homes)
             else:
                 g = _gfn(rng, huge)
-            n = rng.choice((1, 1, 2, 4))
+            n = rng.choice((1, 2, 4, 8))
             script.append((op, g, n))
         zaps.append(tuple(script))
     initial = tuple(sorted(rng.sample(range(SMALL.base + 8, SMALL.base + 16), 2)))
@@ -142,8 +153,19 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
         v = kvm.vcpus[vcpu_id]
         current().vcpu = v
         guest = ProgramGuest(program)
-        for _ in range(max_trips):
-            if not kvm.vcpu_enter_guest(v, guest) or guest.done:
+        rip, stuck = guest.rip, 0
+        while kvm.vcpu_enter_guest(v, guest) and not guest.done:
+            if guest.rip != rip:
+                rip, stuck = guest.rip, 0
+                continue
+            stuck += 1
+            if stuck >= max_trips:
+                # MODEL §7.9: every retry must end.  Zappers are finite, so a guest that
+                # cannot retire one instruction in this many entries is livelocked.
+                kvm.rec.report("HANG", "vcpu_run:no_progress",
+                               f"vcpu{vcpu_id} made no progress at guest RIP {rip} "
+                               f"({program[rip] if rip < len(program) else 'end'}) in "
+                               f"{stuck} entries", current())
                 return
     return body
 
