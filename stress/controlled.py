@@ -278,14 +278,18 @@ class PCTStrategy(Strategy):
     Threads get distinct random priorities; the highest-priority runnable thread runs.
     ``depth - 1`` change points are drawn uniformly over the first ``max_steps``
     SEAMCALL windows (:func:`is_sync`); at each, the thread about to finish that
-    SEAMCALL drops below every other, holding the module's locks.  A bug of depth d in a run of k such steps with n
-    threads is found with probability at least 1/(n * k^(d-1)).  At a spin hint
+    SEAMCALL drops below every other, holding the module's locks.  (``sync`` chooses
+    which steps count; None counts every step, the textbook algorithm.)  A bug of
+    depth d in a run of k such steps with n threads is found with probability at
+    least 1/(n * k^(d-1)).  At a spin hint
     (``cpu_relax``/``cond_resched``) one step goes to a random other thread, so a
     spin-wait cannot starve the thread it waits for.
     """
 
-    def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000) -> None:
+    def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000,
+                 sync: Callable[[str], bool] | None = None) -> None:
         self.rng = rng
+        self.sync = sync
         self.depth = depth
         self.max_steps = max_steps
         self.priorities: dict[int, float] = {}
@@ -300,7 +304,7 @@ class PCTStrategy(Strategy):
                 # fresh threads get a random priority above every changed one
                 self.priorities[i] = 1.0 + self.rng.random()
         cur = sched.current
-        if cur is not None and is_sync(cur.label):
+        if cur is not None and (self.sync is None or self.sync(cur.label)):
             self.sync_steps += 1
             while self.change_points and self.sync_steps >= self.change_points[0]:
                 self.change_points.pop(0)

@@ -24,6 +24,7 @@ from .controlled import (
     ReplayStrategy,
     ScheduleDiverged,
     Step,
+    is_sync,
 )
 from .free import FreeScheduler, TraceStrategy
 from .workload import Workload, generate, new_vm, vcpu_role, zapper_role
@@ -98,7 +99,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
-                                   max_steps=_pct_horizon(cfg))
+                                   max_steps=_pct_horizon(cfg), sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=cfg.max_steps, recorder=rec,
                                     record_steps=record_steps)
     rec._step_of = lambda: sched.step
