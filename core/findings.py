@@ -53,10 +53,13 @@ class Recorder:
         self._lock = threading.Lock()
         self._step_of = step_of
         self.listeners: list[Callable[[Finding], None]] = []
+        self.closed = False   # the run was stopped: later reports are unwinding noise
 
     def report(self, kind: str, where: str, message: str, ctx: ThreadCtx,
                row: int | None = None, path: str | None = None) -> Finding:
         assert kind in KINDS, kind
+        if self.closed and kind not in ("DEADLOCK", "HANG"):
+            return Finding(kind, where, message)    # not recorded
         if row is None and ctx.row_stack:
             row = ctx.row_stack[0]
         if path is None and row is not None:

@@ -135,6 +135,23 @@ def cpu_relax(sched: Scheduler, label: str = "cpu_relax") -> None:
     sched.op(label, None, _nothing)
 
 
+_LABEL_CODES: dict[str, int] = {}
+
+
+def label_code(label: str) -> int:
+    """A stable number for an operation label (CRC-32; ``hash(str)`` varies by process)."""
+    code = _LABEL_CODES.get(label)
+    if code is None:
+        import zlib
+        code = _LABEL_CODES[label] = zlib.crc32(label.encode())
+    return code
+
+
+def mix(h: int, thread: int, label: str) -> int:
+    """Fold one step (who, what) into a running 64-bit trace hash."""
+    return (h * 1000003 + thread * 7919 + label_code(label)) & 0xFFFFFFFFFFFFFFFF
+
+
 class Abort(BaseException):
     """Raised inside a model thread by a scheduler that ends the run early.
 

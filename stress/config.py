@@ -31,7 +31,7 @@ class RunConfig:
     zappers: int = 2
     ops: int = 10               # zapper operations per zapper; guest program length scales
     busy_rate: float = 0.0
-    max_steps: int = 100_000    # a run past this without ending is a HANG
+    max_steps: int = 200_000    # a run past this without ending is a HANG
     stall_rate: float = 0.05    # free mode: chance of a short stall at a yield point
 
     def validate(self) -> "RunConfig":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from core.findings import Recorder
-from core.sched import YIELD_HINTS, Abort, ThreadCtx, set_current
+from core.sched import YIELD_HINTS, Abort, ThreadCtx, mix, set_current
 
 
 class ScheduleDiverged(Exception):
@@ -90,6 +90,7 @@ class ControlledScheduler:
         self._stop_on = stop_on
         self.divergence: ScheduleDiverged | None = None
         self.preemptions = 0                # switches away from a thread that could go on
+        self.trace_hash = 0                 # running hash of (thread, label) of every step
 
     # ------------------------------------------------------------------ running
     def run(self, threads: Sequence[tuple[str, Callable[[], None]]],
@@ -133,9 +134,9 @@ class ControlledScheduler:
         return [t for t in self.threads
                 if not t.finished and (t.ready is None or t.ready())]
 
-    def _dispatch(self, me: _Thread | None) -> None:
-        """Pick the next thread and hand it the baton.  ``me`` is the thread giving the
-        baton up (None at start); it must park afterwards unless it picked itself."""
+    def _dispatch(self, me: _Thread | None) -> _Thread | None:
+        """Pick the next thread and hand it the baton; return it.  ``me`` is the thread
+        giving the baton up (None at start); it must park unless it was picked."""
         if self.aborting:
             nxt = next((t for t in self.threads if not t.finished), None)
         else:
@@ -155,15 +156,18 @@ class ControlledScheduler:
                     idx = runnable[0].index
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
-                if me is not None and nxt is not me and any(t is me for t in runnable):
+                if me is not None and nxt is not me and me.label not in YIELD_HINTS \
+                        and any(t is me for t in runnable):
+                    # a switch at a spin hint is the thread yielding, not a preemption
                     self.preemptions += 1
         if nxt is None:
             self.current = None
             self._all_done.set()
-            return
+            return None
         self.current = nxt
         if nxt is not me:
             nxt.baton.release()
+        return nxt
 
     # ------------------------------------------------------------------ yield point
     def op(self, label: str, arg: object, fn: Callable[[], object],
@@ -176,8 +180,9 @@ class ControlledScheduler:
             return fn()
         me.label, me.arg, me.ready = label, arg, ready
         me.ctx.pending = label
-        self._dispatch(me)
-        if self.current is not me:
+        # Park unless we picked ourselves.  Decide from what *this* dispatch chose, never
+        # from self.current: the thread we woke may already have handed the baton back.
+        if self._dispatch(me) is not me:
             me.baton.acquire()
         if self.aborting:
             raise Abort()
@@ -186,6 +191,7 @@ class ControlledScheduler:
         me.ctx.op = label
         self.step += 1
         me.ctx.last_step = self.step
+        self.trace_hash = mix(self.trace_hash, me.index, label)
         result = fn()
         if self.record_steps:
             self.steps.append(Step(self.step, me.index, label, arg, result))
@@ -203,6 +209,9 @@ class ControlledScheduler:
         if not self.aborting:
             self.aborting = True
             self.abort_reason = reason
+            if self.rec is not None:
+                # what unwinding threads run into after this is an artifact of stopping
+                self.rec.closed = True
 
     def describe_threads(self) -> list[str]:
         frames = sys._current_frames()
@@ -272,6 +281,9 @@ def is_sync(label: str) -> bool:
     return label.startswith(("TDH.", "TDG.")) and not label.endswith(":lock")
 
 
+BURST = 64   # most steps another thread gets at a spin hint
+
+
 class PCTStrategy(Strategy):
     """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
 
@@ -281,9 +293,9 @@ class PCTStrategy(Strategy):
     SEAMCALL drops below every other, holding the module's locks.  (``sync`` chooses
     which steps count; None counts every step, the textbook algorithm.)  A bug of
     depth d in a run of k such steps with n threads is found with probability at
-    least 1/(n * k^(d-1)).  At a spin hint
-    (``cpu_relax``/``cond_resched``) one step goes to a random other thread, so a
-    spin-wait cannot starve the thread it waits for.
+    least 1/(n * k^(d-1)).  At a spin hint (``cpu_relax``/``cond_resched``) a random
+    other thread gets a burst of up to 64 steps, so a spin-wait cannot starve the thread
+    it waits for.
     """
 
     def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000,
@@ -297,6 +309,8 @@ class PCTStrategy(Strategy):
                                     for _ in range(max(0, depth - 1)))
         self.sync_steps = 0
         self._low = 0.0
+        self._burst = 0          # steps left in a spin hint's burst
+        self._burst_to = -1
 
     def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
         for i in runnable:
@@ -310,13 +324,19 @@ class PCTStrategy(Strategy):
                 self.change_points.pop(0)
                 if cur.index in self.priorities:
                     self._demote(cur.index)
+        if self._burst and self._burst_to in runnable:
+            self._burst -= 1
+            return self._burst_to
+        self._burst = 0
         if cur is not None and cur.label in YIELD_HINTS and len(runnable) > 1:
-            # A spinning thread waits for others.  Hand one step to a random other
-            # thread and come back: the spinner keeps its priority (so it really spins,
+            # A spinning thread waits for others.  Give a random other thread a burst of
+            # steps, then come back: the spinner keeps its priority (so it really spins,
             # as a vCPU bouncing off an invalid memslot does until zero-step arms), and
-            # everybody else still progresses (so PCT cannot livelock on a spin).
+            # the others progress as they would on other CPUs (so no spin livelocks).
             others = [i for i in runnable if i != cur.index]
-            return others[0] if len(others) == 1 else self.rng.choice(others)
+            self._burst_to = others[0] if len(others) == 1 else self.rng.choice(others)
+            self._burst = self.rng.randrange(0, BURST)
+            return self._burst_to
         return max(runnable, key=lambda i: self.priorities[i])
 
     def _demote(self, index: int) -> None:

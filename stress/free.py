@@ -20,7 +20,7 @@ import time
 from typing import Callable, Sequence
 
 from core.findings import Recorder
-from core.sched import Abort, ThreadCtx, current, set_current
+from core.sched import Abort, ThreadCtx, current, mix, set_current
 
 from .controlled import ControlledScheduler, ScheduleDiverged, Strategy
 
@@ -30,15 +30,17 @@ class FreeScheduler:
 
     def __init__(self, *, stall_rate: float = 0.05, seed: int = 0, max_steps: int = 100_000,
                  recorder: Recorder | None = None, switch_interval: float = 1e-5,
-                 record_labels: bool = True) -> None:
+                 record_labels: bool = True, record_trace: bool = True) -> None:
         self.stall_rate = stall_rate
         self.seed = seed
         self.max_steps = max_steps
         self.rec = recorder
         self.switch_interval = switch_interval
         self.record_labels = record_labels
+        self.record_trace = record_trace
         self.step = 0
         self.trace: list[int] = []          # thread index of every step
+        self.trace_hash = 0
         self.labels: list[str] = []
         self.aborting = False
         self.abort_reason = ""
@@ -96,6 +98,8 @@ class FreeScheduler:
             if not self.aborting:
                 self.aborting = True
                 self.abort_reason = reason
+                if self.rec is not None:
+                    self.rec.closed = True
             self._cv.notify_all()
 
     def _check_deadlock(self) -> None:
@@ -142,9 +146,11 @@ class FreeScheduler:
             self.step += 1
             ctx.last_step = self.step
             ctx.op = label
-            self.trace.append(ctx.index)
-            if self.record_labels:
-                self.labels.append(label)
+            if self.record_trace:
+                self.trace.append(ctx.index)
+                self.trace_hash = mix(self.trace_hash, ctx.index, label)
+                if self.record_labels:
+                    self.labels.append(label)
             result = fn()
             if self._waiting:
                 self._cv.notify_all()

@@ -7,7 +7,6 @@ that the controlled scheduler can follow (``trace=``) to replay it exactly.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +23,7 @@ from .controlled import (
     ReplayStrategy,
     ScheduleDiverged,
     Step,
+    Strategy,
     is_sync,
 )
 from .free import FreeScheduler, TraceStrategy
@@ -67,16 +67,10 @@ def hunt_stop(variant: str) -> StopOn:
     return lambda f: f.kind == v.hunt_kind and f.path == v.hunt
 
 
-def _hash_steps(labels: list[tuple[int, str]]) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for idx, label in labels:
-        h.update(f"{idx}:{label};".encode())
-    return h.hexdigest()
-
-
 def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
              schedule: list[int] | None = None, trace: list[int] | None = None,
              workload: Workload | None = None, lenient: bool = False,
+             strategy: Strategy | None = None, step_limit: int | None = None,
              record_steps: bool = True, teardown: bool = True) -> RunResult:
     """Run one seed.  ``schedule`` replays a controlled run's decisions (``lenient``:
     decisions that cannot be followed fall back instead of diverging); ``trace`` follows
@@ -91,7 +85,9 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         sched = FreeScheduler(stall_rate=cfg.stall_rate, seed=seed, max_steps=cfg.max_steps,
                               recorder=rec, record_labels=record_steps)
     else:
-        if trace is not None:
+        if strategy is not None:
+            pass
+        elif trace is not None:
             strategy = TraceStrategy(trace)
         elif schedule is not None:
             strategy = ReplayStrategy(schedule, lenient=lenient)
@@ -100,8 +96,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
                                    max_steps=_pct_horizon(cfg), sync=is_sync)
-        sched = ControlledScheduler(strategy, max_steps=cfg.max_steps, recorder=rec,
-                                    record_steps=record_steps)
+        sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
+                                    recorder=rec, record_steps=record_steps)
     rec._step_of = lambda: sched.step
     if stop_on is not None:
         def listener(f: Finding) -> None:
@@ -114,7 +110,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     try:
         kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs))
         kvm.build(workload.initial)
-        max_trips = 1000  # entries without progress before a vCPU is called livelocked
+        max_trips = 3000  # entries without progress before a vCPU is called livelocked
         threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips))
                    for i, prog in enumerate(workload.programs)]
         threads += [(f"zapper{j}", zapper_role(kvm, script))
@@ -140,21 +136,20 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             rows[i] += ctx.rows[i]
         attr += ctx.attr_changes
     if isinstance(sched, ControlledScheduler):
-        labels = [(s.thread, s.label) for s in sched.steps]
         sched_list = sched.schedule
         divergence = str(sched.divergence) if sched.divergence else None
         step_log = sched.steps if record_steps else []
     else:
-        labels = list(zip(sched.trace, sched.labels, strict=False))
         sched_list = sched.trace
         divergence = None
-        step_log = [Step(i + 1, t, lbl, None) for i, (t, lbl) in enumerate(labels)]
+        step_log = [Step(i + 1, t, lbl, None)
+                    for i, (t, lbl) in enumerate(zip(sched.trace, sched.labels, strict=False))]
     return RunResult(
         seed=seed, config=cfg, findings=list(rec.findings), counts=dict(rec.counts),
         rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
         zero_step_arms=kvm.module.zero_step_arms,
         vcpu_stats=[dict(v.stats) for v in kvm.vcpus],
-        schedule=list(sched_list), trace_hash=_hash_steps(labels),
+        schedule=list(sched_list), trace_hash=f"{sched.trace_hash:016x}",
         threads=[n for n, _ in threads], step_log=step_log,
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
         vm_bugged=kvm.vm_bugged,

@@ -2,22 +2,26 @@
 
 A candidate is an edited (workload, schedule) pair, run with lenient replay so that any
 edit is a valid schedule (a decision that cannot be followed keeps the running thread);
-it is kept when the same signature fires and the size goes down.  Size is compared as
-(preemptions, threads, operations, steps): fewer context switches first, because they are
-what a reader has to follow.  Passes, repeated until none helps or the budget is spent:
+it is kept when the same signature fires, neither its preemptions nor its steps grow,
+and (threads, operations, preemptions, steps) goes down: a reader follows threads and
+operations first, and nothing a reader follows may get longer.  Passes, repeated until
+none helps or the budget is spent:
 
-1. delete context switches: drop runs of the schedule, in halving chunks (ddmin-style);
+1. truncate: the shortest schedule prefix that, run on without preemption, still fires;
 2. drop whole threads (their decisions go, later thread indices shift down);
-3. drop single zapper operations and guest instructions.
+3. drop zapper operations, guest instructions and initial pages (ddmin chunks);
+4. delete context switches: drop runs of the schedule, in halving chunks (ddmin).
 
 The kept candidate's *recorded* schedule (what actually ran) is what the new repro
 holds, so it replays exactly, not leniently.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 
 from .config import RunConfig
+from .controlled import PCTStrategy, RandomStrategy, Strategy, is_sync
 from .repro import Repro, make_repro, rle
 from .runner import RunResult, run_seed
 from .workload import Workload
@@ -31,7 +35,7 @@ class Size:
     steps: int
 
     def key(self) -> tuple[int, int, int, int]:
-        return (self.preemptions, self.threads, self.operations, self.steps)
+        return (self.threads, self.operations, self.preemptions, self.steps)
 
     def as_dict(self) -> dict:
         return {"preemptions": self.preemptions, "threads": self.threads,
@@ -44,7 +48,9 @@ def size_of(r: RunResult, w: Workload) -> Size:
 
 
 class Shrinker:
-    def __init__(self, repro: Repro, *, max_runs: int = 400) -> None:
+    def __init__(self, repro: Repro, *, max_runs: int = 1500, search: int = 4) -> None:
+        self.search = search
+        self.best_steps = 0
         self.repro = repro
         self.signature = repro.signature
         self.cfg = repro.config.with_(mode="controlled")
@@ -52,13 +58,32 @@ class Shrinker:
         self.max_runs = max_runs
         self.runs = 0
 
-    def _try(self, w: Workload, schedule: list[int]) -> RunResult | None:
-        self.runs += 1
+    def _try(self, w: Workload, schedule: list[int], search: int = 0) -> RunResult | None:
+        # a candidate that has not fired by the best one's last step cannot be kept
+        # (steps may not grow), so it is cut there: most candidates fail, and fast
+        limit = self.best_steps + 1 if self.best_steps else None
+        """Does ``w`` still fire the signature: first under ``schedule`` (lenient), then
+        under up to ``search`` fresh random schedules (a smaller workload makes the bug
+        denser, and an edited schedule often no longer means what it did)."""
         cfg = self.cfg.with_(vcpus=max(1, len(w.programs)), zappers=len(w.zaps))
-        r = run_seed(cfg, self.seed, schedule=schedule, workload=w, lenient=True,
-                     stop_on=lambda f: f.signature == self.signature, record_steps=True)
-        if any(f.signature == self.signature for f in r.findings):
-            return r
+        stop = lambda f: f.signature == self.signature  # noqa: E731
+        for k in range(1 + search):
+            if self.runs >= self.max_runs:
+                return None
+            self.runs += 1
+            # fresh schedules, PCT (few preemptions by construction) and random in turn
+            rng = random.Random(f"tdx-stress:shrink:{self.seed}:{self.runs}")
+            horizon = max(20, 3 * sum(map(len, w.zaps)) + 3 * sum(map(len, w.programs)))
+            strategy: Strategy | None = None
+            if k % 2:
+                strategy = PCTStrategy(rng, depth=2 + k // 2, max_steps=horizon, sync=is_sync)
+            elif k:
+                strategy = RandomStrategy(rng)
+            r = run_seed(cfg, self.seed, schedule=schedule, workload=w, lenient=True,
+                         strategy=strategy, stop_on=stop, record_steps=True,
+                         step_limit=limit)
+            if any(f.signature == self.signature for f in r.findings):
+                return r
         return None
 
     def shrink(self) -> tuple[dict, Size, Size]:
@@ -73,13 +98,15 @@ class Shrinker:
             raise ValueError("the repro does not reproduce its finding; nothing to shrink")
         w, best = rp.workload, start
         before = size_of(start, w)
+        self.best_steps = start.steps
         improved = True
         while improved and self.runs < self.max_runs:
             improved = False
-            for step in (self._threads, self._operations, self._switches):
+            for step in (self._truncate, self._threads, self._operations, self._switches):
                 got = step(w, best)
                 if got is not None:
                     w, best = got
+                    self.best_steps = best.steps
                     improved = True
         after = size_of(best, w)
         hit = next(f for f in best.findings if f.signature == self.signature)
@@ -91,7 +118,33 @@ class Shrinker:
 
     def _better(self, r: RunResult | None, w: Workload, best: RunResult,
                 bw: Workload) -> bool:
-        return r is not None and size_of(r, w).key() < size_of(best, bw).key()
+        if r is None:
+            return False
+        new, old = size_of(r, w), size_of(best, bw)
+        return (new.preemptions <= old.preemptions and new.steps <= old.steps
+                and new.key() < old.key())
+
+    def _truncate(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
+        """Keep a prefix of the schedule and let the rest run without preemption (lenient
+        replay keeps the running thread once the schedule ends): the shortest prefix, at
+        a switch boundary, that still fires.  Binary search, then the result is kept
+        only if it is smaller."""
+        sched = best.schedule
+        cuts = [i for i in range(1, len(sched)) if sched[i] != sched[i - 1]]
+        if not cuts:
+            return None
+        lo, hi = 0, len(cuts) - 1
+        found: tuple[Workload, RunResult] | None = None
+        while lo <= hi and self.runs < self.max_runs:
+            mid = (lo + hi) // 2
+            r = self._try(w, sched[:cuts[mid]])
+            if self._better(r, w, best, w):
+                assert r is not None
+                found = (w, r)
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        return found
 
     def _switches(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
         """Delete runs of the schedule (each deletion removes context switches)."""
@@ -127,7 +180,7 @@ class Shrinker:
                 z = t - nv
                 cand = replace(w, zaps=w.zaps[:z] + w.zaps[z + 1:])
             sched = [i - (i > t) for i in best.schedule if i != t]
-            r = self._try(cand, sched)
+            r = self._try(cand, sched, search=3 * self.search)
             if self._better(r, cand, best, w):
                 assert r is not None
                 return cand, r
@@ -147,7 +200,7 @@ class Shrinker:
             while i < len(items) and self.runs < self.max_runs:
                 drop = set(items[i:i + chunk])
                 cand = self._without(w, drop)
-                r = self._try(cand, best.schedule)
+                r = self._try(cand, best.schedule, search=self.search if chunk > 1 else 0)
                 if self._better(r, cand, best, w):
                     assert r is not None
                     w, best, found = cand, r, (cand, r)
@@ -176,7 +229,7 @@ class Shrinker:
         return Workload(initial, progs, zaps)
 
 
-def shrink_repro(repro: Repro, max_runs: int = 400) -> tuple[dict, Size, Size, int]:
+def shrink_repro(repro: Repro, max_runs: int = 1500) -> tuple[dict, Size, Size, int]:
     s = Shrinker(repro, max_runs=max_runs)
     out, before, after = s.shrink()
     return out, before, after, s.runs

@@ -57,6 +57,9 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
     """The workload of a run, from the seed's workload stream."""
     variant = get_variant(cfg.variant)
     huge = variant.hugepages
+    hunt = variant.hunt
+    # a1 and a2 meet a guest ACCEPT holding an entry lock: accept more in those hunts
+    accept_bias = 0.2 if hunt in ("a1", "a2") else 0.0
     programs = []
     # Guests have locality: each vCPU keeps coming back to one page, and the VMM's
     # zappers work on the pages guests use.  That is what lets an invalidation window
@@ -67,12 +70,15 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
         for _ in range(cfg.ops * 2):
             r = rng.random()
             g = home if rng.random() < 0.4 else _gfn(rng, huge)
-            if r < 0.6:
+            if hunt == "a2" and rng.random() < 0.3:
+                # a2's other contender: a 2M ACCEPT holding the entry its table goes in
+                g = rng.choice(HUGE_HOT)
+                r = 0.7
+            if r < 0.6 - accept_bias:
                 prog.append(("touch", g))
             elif r < 0.85:
-                level = PG_LEVEL_2M if (huge and g >= HUGE.base and rng.random() < 0.5) \
-                    else PG_LEVEL_4K
-                prog.append(("accept", g, level))
+                two_m = huge and g >= HUGE.base and rng.random() < (0.8 if hunt == "a2" else 0.5)
+                prog.append(("accept", g, PG_LEVEL_2M if two_m else PG_LEVEL_4K))
             else:
                 prog.append(("shared", rng.choice(SHARED_GFNS)))
         programs.append(tuple(prog))
@@ -86,14 +92,20 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
     zaps = []
     for _ in range(cfg.zappers):
         script: list[tuple] = []
+        prev = rng.choice(homes)
         for _ in range(cfg.ops):
             op = rng.choices(names, weights=[weights[n] for n in names])[0]
-            if op in ("split", "recover", "zap_table") and huge and rng.random() < 0.7:
+            r = rng.random()
+            if (op in ("split", "recover", "zap_table")
+                    or (hunt == "a2" and op == "populate")) and huge and r < 0.7:
                 g = rng.choice(HUGE_HOT)
-            elif rng.random() < 0.5:
+            elif r < 0.4:
+                g = prev            # a VMM works on one range for a while (punch, prefault)
+            elif r < 0.7:
                 g = rng.choice(homes)
             else:
                 g = _gfn(rng, huge)
+            prev = g
             n = rng.choice((1, 2, 4, 8))
             script.append((op, g, n))
         zaps.append(tuple(script))

@@ -1,0 +1,179 @@
+"""Runs of whole seeds: determinism, exact replay, free-mode traces, shrinking, swim lanes."""
+import json
+
+import pytest
+
+from core.findings import Finding
+from stress.config import ConfigError, RunConfig
+from stress.repro import ReproError, load_repro, make_repro, write_repro
+from stress.runner import hunt_stop, run_seed
+from stress.shrink import shrink_repro
+from stress.swimlane import render
+
+pytestmark = pytest.mark.timeout(300)
+
+SMALL = dict(ops=4)
+
+
+def first_hit(variant, strategy="pct", mode="controlled", seeds=range(500), **kw):
+    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode, **kw).validate()
+    stop = hunt_stop(variant)
+    for seed in seeds:
+        r = run_seed(cfg, seed, stop_on=stop)
+        hits = [f for f in r.findings if stop(f)]
+        if hits:
+            return cfg, seed, r, hits[0]
+    raise AssertionError(f"{variant} {strategy} {mode}: nothing in {seeds}")
+
+
+@pytest.mark.parametrize("strategy", ["pct", "random"])
+def test_run_is_a_pure_function_of_config_and_seed(strategy):
+    """100 of 100 runs of one (configuration, seed) give the same schedule and hash."""
+    cfg = RunConfig(variant="hugepage-rfc", strategy=strategy, **SMALL).validate()
+    first = run_seed(cfg, 7, record_steps=False)
+    for _ in range(99):
+        r = run_seed(cfg, 7, record_steps=False)
+        assert r.schedule == first.schedule
+        assert r.trace_hash == first.trace_hash
+        assert r.rows == first.rows
+    other = run_seed(cfg, 8, record_steps=False)
+    assert other.trace_hash != first.trace_hash
+
+
+def test_config_rejects_nonsense():
+    for kw in (dict(variant="nope"), dict(mode="chaos"), dict(strategy="dfs"),
+               dict(depth=0), dict(vcpus=0), dict(busy_rate=1.5), dict(ops=0)):
+        with pytest.raises(ValueError):
+            RunConfig(**kw).validate()
+    with pytest.raises(ConfigError, match="unknown configuration keys"):
+        RunConfig.from_dict({"variant": "v6.19", "bogus": 1})
+
+
+@pytest.mark.parametrize("variant", ["hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d"])
+def test_repro_replays_to_the_same_finding_20_of_20(tmp_path, variant):
+    """A repro written from a hunt's finding fires it again at the same step, 20 of 20."""
+    cfg, seed, r, hit = first_hit(variant)
+    path = write_repro(tmp_path, make_repro(cfg, seed, r.workload, hit, schedule=r.schedule,
+                                            threads=r.threads, steps=r.steps))
+    rp = load_repro(path)
+    for _ in range(20):
+        again = run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
+                         stop_on=lambda f: f.signature == rp.signature)
+        assert again.divergence is None
+        assert [(f.signature, f.step) for f in again.findings if f.signature == rp.signature] \
+            == [(rp.signature, rp.step)]
+
+
+def test_replay_divergence_names_the_step():
+    """A schedule that cannot be followed says at which step and why."""
+    cfg = RunConfig(variant="hugepage-rfc", **SMALL).validate()
+    r = run_seed(cfg, 3)
+    bad = list(r.schedule)
+    # ask for a thread index that does not exist, mid-run
+    bad[len(bad) // 2] = 9
+    again = run_seed(cfg, 3, schedule=bad)
+    assert again.divergence is not None
+    assert "step" in again.divergence and "not runnable" in again.divergence
+
+
+@pytest.mark.parametrize("variant", ["hunt-d", "hunt-c"])
+def test_free_mode_trace_replays_under_control(variant):
+    """A failing free run, followed by the controlled scheduler along its linearised
+    trace, fires the same finding at the same step, 5 of 5."""
+    cfg, seed, r, hit = first_hit(variant, mode="free", seeds=range(400))
+    for _ in range(5):
+        again = run_seed(cfg, seed, trace=r.schedule,
+                         stop_on=lambda f: f.signature == hit.signature)
+        assert again.divergence is None, again.divergence
+        got = [(f.signature, f.step) for f in again.findings if f.signature == hit.signature]
+        assert got == [(hit.signature, hit.step)]
+
+
+def test_free_mode_really_contends():
+    """Free runs interleave threads (many switches), and the trace covers every worker
+    step: the controlled replay of a clean free run takes exactly the same steps."""
+    cfg = RunConfig(variant="hugepage-rfc", mode="free", **SMALL).validate()
+    r = run_seed(cfg, 1)
+    switches = sum(1 for a, b in zip(r.schedule, r.schedule[1:], strict=False) if a != b)
+    assert switches > 5
+    again = run_seed(cfg, 1, trace=r.schedule)
+    assert again.divergence is None
+    assert [s.label for s in again.step_log][:len(r.step_log)] == [s.label for s in r.step_log]
+
+
+@pytest.mark.parametrize("variant", ["hunt-a2", "hunt-b", "hunt-c", "hunt-d"])
+def test_shrink_halves_preemptions_or_steps(variant):
+    """Shrinking keeps the signature and at least halves the preemptions or the steps;
+    the shrunk repro replays exactly.  (hunt-a1's first find, seed 148, is a zero-step
+    race the shrinker only takes from 1003 to 889 steps: a known gap, not tested as met.)"""
+    cfg, seed, r, hit = first_hit(variant)
+    d = make_repro(cfg, seed, r.workload, hit, schedule=r.schedule, threads=r.threads,
+                   steps=r.steps, preemptions=r.preemptions)
+    from stress.repro import Repro
+    out, before, after, _ = shrink_repro(Repro(d))
+    assert out["finding"]["signature"] == hit.signature
+    assert after.preemptions * 2 <= before.preemptions or after.steps * 2 <= before.steps, \
+        (before, after)
+    shrunk = Repro(out)
+    again = run_seed(shrunk.config, shrunk.seed, schedule=shrunk.schedule,
+                     workload=shrunk.workload, stop_on=lambda f: f.signature == hit.signature)
+    assert any(f.signature == hit.signature and f.step == shrunk.step for f in again.findings)
+
+
+def test_swim_lanes_show_the_failing_step():
+    cfg, seed, r, hit = first_hit("hunt-d")
+    text = render(r.step_log, r.threads, hit, last=30)
+    lines = text.splitlines()
+    assert all(name in lines[0] for name in r.threads)
+    marked = [ln for ln in lines if ln.startswith(">")]
+    assert marked and f"{hit.step}" in marked[0]
+    assert "KVM_BUG_ON" in text and "(d)" in text
+
+
+def test_repro_file_errors_are_one_sentence(tmp_path):
+    cases = {
+        "missing.json": None,
+        "empty.json": "",
+        "trunc.json": '{"schema": "tdx-stress/repro/1", "seed": ',
+        "notjson.json": "hello",
+        "foreign.json": json.dumps({"schema": "other/1"}),
+    }
+    for name, text in cases.items():
+        p = tmp_path / name
+        if text is not None:
+            p.write_text(text)
+        with pytest.raises(ReproError) as e:
+            load_repro(p)
+        assert "\n" not in str(e.value)
+    cfg = RunConfig(variant="hunt-d", **SMALL).validate()
+    f = Finding("KVM_BUG_ON", "x", "m")
+    from stress.workload import Workload
+    d = make_repro(cfg, 1, Workload((), (), ()), f, schedule=[0])
+    d["tool_version"] = "0.0.1"
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    with pytest.raises(ReproError, match="written by tdx-stress 0.0.1"):
+        load_repro(tmp_path / "old.json")
+    d["tool_version"] = make_repro(cfg, 1, Workload((), (), ()), f, schedule=[0])["tool_version"]
+    d["model_hash"] = "0" * 20
+    (tmp_path / "model.json").write_text(json.dumps(d))
+    with pytest.raises(ReproError, match="another model"):
+        load_repro(tmp_path / "model.json")
+
+
+@pytest.mark.quality
+@pytest.mark.parametrize("variant", ["hugepage-rfc", "v6.19", "refactor-2026"])
+def test_as_designed_runs_clean(variant):
+    """As-designed variants: controlled PCT seeds run clean (200 for hugepage-rfc)."""
+    n = 200 if variant == "hugepage-rfc" else 60
+    cfg = RunConfig(variant=variant).validate()
+    for seed in range(n):
+        r = run_seed(cfg, seed, record_steps=False)
+        assert r.findings == [], (seed, [f.signature for f in r.findings])
+
+
+@pytest.mark.quality
+@pytest.mark.parametrize("variant", ["hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d"])
+def test_pct_finds_each_hunt_within_500_seeds(variant):
+    cfg, seed, r, hit = first_hit(variant, seeds=range(500))
+    v = variant.split("-")[1]
+    assert hit.path == v and hit.kind == ("TDX_BUG_ON" if v == "c" else "KVM_BUG_ON")
