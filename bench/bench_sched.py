@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.findings import Recorder  # noqa: E402
-from core.sched import set_current, ThreadCtx  # noqa: E402
+from core.sched import ThreadCtx, set_current  # noqa: E402
 from core.store import KvmMmuPage  # noqa: E402
 from stress.controlled import ControlledScheduler, Strategy  # noqa: E402
 from stress.free import FreeScheduler  # noqa: E402

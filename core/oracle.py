@@ -50,3 +50,34 @@ def classify(old: int, new: int, level: int, shared: bool) -> int | None:
     if ko == kn and ko != "np" and spte_to_pfn(old) == spte_to_pfn(new):
         return None
     return _ROWS[(ko, kn, shared)]
+
+
+def force_transition(row: int) -> list[str]:
+    """The model's own handling of a transition the TDP MMU never makes on purpose
+    (rows 5, 6 and 10): build a VM, hand ``handle_changed_spte`` that change on a mirror
+    SPTE under the write lock, and return the kinds of finding it reports."""
+    from .kvm import Kvm
+    from .sched import ThreadCtx, current, set_current
+    from .spte import FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, make_nonleaf_spte, make_spte
+    saved = current()
+    ctx = ThreadCtx("forced")
+    set_current(ctx)
+    try:
+        kvm = Kvm("hugepage-rfc", nr_vcpus=1)
+        mmu = kvm.mmu
+        ctx.lock_mode = "write"
+        if row == 5:
+            old, new, level = SHADOW_NONPRESENT_VALUE, SHADOW_NONPRESENT_VALUE | 0x10, 1
+        elif row == 6:
+            old, new, level = make_spte(0x5000, 1), make_spte(0x6000, 1), 1
+        elif row == 10:
+            a = mmu.tdp_mmu_alloc_sp(1, 0, True)
+            b = mmu.tdp_mmu_alloc_sp(1, 0, True)
+            old, new, level = make_nonleaf_spte(a.pfn), make_nonleaf_spte(b.pfn), 2
+        else:
+            raise ValueError(f"row {row} is not a forced transition")
+        assert classify(old, new, level, False) == row and new != FROZEN_SPTE
+        mmu.handle_changed_spte(mmu.mirror_root, 0, old, new, level, False)
+        return sorted({f.kind for f in kvm.rec.findings})
+    finally:
+        set_current(saved)

@@ -1,16 +1,28 @@
-"""The ``tdx-stress`` command line.
+"""The ``tdx-stress`` command line (DESIGN.md: the contract).
 
-Until the campaign commands land, it prints the version and the variants.  Every error a
-user can cause is one sentence on stderr and exit code 2; the entry point returns an int.
+Every error a user can cause is one sentence on stderr and exit code 2; an internal
+error is one sentence and exit 3 (the traceback goes to the run's log, not the screen);
+exit codes live in :class:`ExitCode` and are mapped here only.  ``main`` returns an int.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
+import os
 import sys
+import traceback
 from enum import IntEnum
+from pathlib import Path
 
 from core import __version__
-from core.variants import VARIANTS
+from core.variants import VARIANTS, UnknownVariant
+from reports.render import ReportError
+
+from .config import MODES, STRATEGIES, ConfigError, RunConfig
+from .repro import ReproError
+
+SEED_ENV = "TDX_STRESS_SEED"
 
 
 class ExitCode(IntEnum):
@@ -22,9 +34,80 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+class UsageError(Exception):
+    """Bad usage or bad input: one sentence, exit 2."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2, no traceback
         self.exit(ExitCode.USAGE, f"tdx-stress: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return v
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form i/N") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard {text!r} needs N >= 1 and 0 <= i < N")
+    return i, n
+
+
+def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--variant", default="hugepage-rfc",
+                   help=f"kernel variant (default hugepage-rfc): {', '.join(VARIANTS)}")
+    g.add_argument("--mode", default="controlled", choices=MODES)
+    g.add_argument("--strategy", default="pct", choices=STRATEGIES)
+    g.add_argument("--depth", type=int, default=3, help="PCT depth (default 3)")
+    g.add_argument("--seed", default=None,
+                   help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument("--seeds", type=_positive_int, default=None, help="run this many seeds")
+    b.add_argument("--duration", type=_seconds, default=None,
+                   help=f"run for this many seconds (default {duration:g})")
+    g.add_argument("--vcpus", type=int, default=2)
+    g.add_argument("--zappers", type=int, default=2)
+    g.add_argument("--ops", type=int, default=10, help="zapper operations per zapper")
+    g.add_argument("--busy-rate", type=float, default=0.0,
+                   help="extra random BUSY on top of the modelled contention (0..1)")
+    g.add_argument("--max-steps", type=int, default=200_000)
+    o = p.add_argument_group("how")
+    o.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    o.add_argument("--shard", type=_shard, default=(0, 1),
+                   help="run slice i of N of the campaign (CI matrices)")
+    o.add_argument("--stop-on-first", action="store_true",
+                   help="stop at the first finding (in a hunt: the one the hunt is after)")
+    o.add_argument("--shrink", action="store_true", help="shrink each distinct finding")
+    o.add_argument("--out", default=None, help="run directory (default ./tdx-stress-runs/<UTC>)")
+    o.add_argument("--junit", default=None, help="also write JUnit XML here")
+    o.add_argument("--checkpoint", type=_seconds, default=60.0,
+                   help="write the summary every S seconds (default 60)")
+    o.add_argument("--heartbeat", type=_seconds, default=10.0,
+                   help="progress line every S seconds when stdout is not a terminal")
+    o.add_argument("-q", "--quiet", action="store_true")
+    o.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(default_duration=duration)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +115,249 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Concurrency stress tester for KVM's TDP MMU mirror page tables "
                             "against a simulated TDX module.")
     p.add_argument("--version", action="version", version=f"tdx-stress {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    _add_campaign_args(sub.add_parser("run", help="one campaign: many seeds of one variant"),
+                       30.0)
+    _add_campaign_args(sub.add_parser("soak", help="a long run with resource monitoring"),
+                       3600.0)
+    r = sub.add_parser("replay", help="replay a repro file exactly")
+    r.add_argument("file")
+    r.add_argument("--times", type=_positive_int, default=1,
+                   help="check it reproduces N of N")
+    r.add_argument("--lanes", type=int, default=40,
+                   help="steps of the swim-lane diagram to print (0: none)")
+    s = sub.add_parser("shrink", help="minimise a repro while the same finding fires")
+    s.add_argument("file")
+    s.add_argument("-o", "--out", required=True, help="where to write the shrunk repro")
+    s.add_argument("--max-runs", type=_positive_int, default=1500)
+    rp = sub.add_parser("report", help="render (and merge) run directories")
+    rp.add_argument("dirs", nargs="+", metavar="DIR")
+    rp.add_argument("-o", "--out", default=None,
+                    help="write the merged run directory here (several DIRs)")
+    rp.add_argument("--junit", default=None)
+    t = sub.add_parser("table", help="seed 002's scenario table, as observed")
+    t.add_argument("--duration", type=_seconds, default=8.0,
+                   help="seconds per as-designed variant; hunts stop at their bug "
+                        "(default 8, hunts at most 6x that)")
+    t.add_argument("--workers", type=_positive_int, default=2)
+    t.add_argument("--seed", default=None)
     sub.add_parser("variants", help="list the kernel variants and what each opens")
     return p
+
+
+# ---------------------------------------------------------------------- helpers
+def resolve_seed(flag: str | None) -> tuple[int, str]:
+    """Flag, then environment, then fresh (PRACTICES: one documented precedence)."""
+    for source, text in (("--seed", flag), (f"${SEED_ENV}", os.environ.get(SEED_ENV))):
+        if text is None:
+            continue
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise UsageError(f"the seed from {source} ({text!r}) is not an integer") from None
+        if v < 0:
+            raise UsageError(f"the seed from {source} ({text!r}) must not be negative")
+        return v, source
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF, "fresh"
+
+
+def make_out_dir(flag: str | None) -> Path:
+    if flag is None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = Path("tdx-stress-runs") / stamp
+        n = 1
+        while out.exists():
+            out = Path("tdx-stress-runs") / f"{stamp}-{n}"
+            n += 1
+    else:
+        out = Path(flag)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot use {out} as the run directory: {e.strerror or e}") from None
+    return out
+
+
+def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
+    from loguru import logger
+    logger.remove()
+    level = "WARNING" if quiet else ("DEBUG" if verbose else "INFO")
+    logger.add(sys.stderr, level=level, format="<level>{message}</level>", colorize=None)
+    if out is not None:
+        kw = dict(rotation="20 MB", retention=5) if rotate else {}
+        logger.add(out / "log.txt", level="DEBUG",
+                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {message}", **kw)
+        logger.add(out / "log.jsonl", level="DEBUG", serialize=True, **kw)
+    return logger
+
+
+def _config_from(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(variant=args.variant, mode=args.mode, strategy=args.strategy,
+                     depth=args.depth, vcpus=args.vcpus, zappers=args.zappers, ops=args.ops,
+                     busy_rate=args.busy_rate, max_steps=args.max_steps).validate()
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .campaign import Campaign, CampaignSpec
+    cfg = _config_from(args)
+    seed, source = resolve_seed(args.seed)
+    duration = args.duration if args.seeds is None else None
+    if args.seeds is None and duration is None:
+        duration = args.default_duration
+    out = make_out_dir(args.out)
+    soak = args.command == "soak"
+    log = setup_logging(out, args.quiet, args.verbose, rotate=soak)
+    tty = sys.stdout.isatty()
+    spec = CampaignSpec(config=cfg, base_seed=seed, seeds=args.seeds, duration=duration,
+                        workers=args.workers, shard=args.shard,
+                        stop_on_first=args.stop_on_first, shrink=args.shrink,
+                        checkpoint=args.checkpoint, heartbeat=1.0 if tty else args.heartbeat,
+                        soak=soak)
+    bound = f"{args.seeds} seeds" if args.seeds else f"{duration:g} s"
+    log.info(f"tdx-stress {__version__}: {args.command} {cfg.variant} ({cfg.mode}, "
+             f"{cfg.strategy}, depth {cfg.depth}), base seed {seed} ({source}), {bound}, "
+             f"{args.workers} worker(s), shard {args.shard[0]}/{args.shard[1]} -> {out}")
+
+    def progress(line: str) -> None:
+        if tty:
+            sys.stdout.write("\r" + line)
+            sys.stdout.flush()
+        else:
+            log.info(f"heartbeat {line}")
+    camp = Campaign(spec, out, argv, log=lambda m: log.warning(m) if "finding" in m
+                    else log.info(m), progress=None if args.quiet else progress)
+    camp.run()
+    if tty and not args.quiet:
+        sys.stdout.write("\n")
+    summary = camp.summary()
+    from reports.render import junit_xml, render_markdown
+    (out / "report.md").write_text(render_markdown([summary], out))
+    junit = junit_xml(summary)
+    (out / "junit.xml").write_text(junit)
+    if args.junit:
+        Path(args.junit).write_text(junit)
+    if not args.quiet:
+        print(text_summary(summary, out))
+    if camp.interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.FINDING if summary["findings"] else ExitCode.OK
+
+
+def text_summary(s: dict, out: Path) -> str:
+    lines = [f"{s['variant']}: {s['runs']} runs, {s['steps']} steps in {s['elapsed_s']:.1f} s "
+             f"({s['runs'] / max(s['elapsed_s'], 1e-9):.1f} runs/s), stopped by "
+             f"{s['stop_reason'] or 'end'}"]
+    rows = [f"{i}:{r['hits']}" + (f"(bug {r['bug_hits']})" if r["bug_hits"] else "")
+            for i, r in s["rows"].items() if r["hits"] or r["bug_hits"]]
+    lines.append("rows hit: " + (" ".join(rows) or "none"))
+    lines.append("BUSY by source: " + (", ".join(f"{k} {v}" for k, v in s["busy"].items())
+                                       or "none"))
+    if not s["findings"]:
+        lines.append("no findings")
+    for f in s["findings"]:
+        lines.append(f"FINDING {f['kind']} path={f['path'] or '-'} row={f['row'] or '-'} "
+                     f"in {f['count']} run(s), first seed {f['first_seed']}: {f['message']}")
+        lines.append(f"  replay: tdx-stress replay {out / f['repro']}")
+    lines.append(f"run directory: {out}")
+    return "\n".join(lines)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .repro import load_repro
+    from .runner import run_seed
+    from .swimlane import render
+    rp = load_repro(args.file)
+    ok = 0
+    last = None
+    for i in range(args.times):
+        stop = lambda f: f.signature == rp.signature  # noqa: E731
+        if rp.trace is not None:
+            r = run_seed(rp.config.with_(mode="controlled"), rp.seed, trace=rp.trace,
+                         workload=rp.workload, stop_on=stop)
+        else:
+            r = run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
+                         stop_on=stop)
+        last = r
+        hit = [f for f in r.findings if f.signature == rp.signature]
+        if r.divergence:
+            print(f"replay {i + 1}/{args.times} diverged: {r.divergence}")
+            return ExitCode.DIVERGED
+        if not hit:
+            print(f"replay {i + 1}/{args.times} did not reproduce {rp.signature} "
+                  f"(expected at step {rp.step}; findings: "
+                  f"{[f.signature for f in r.findings] or 'none'})")
+            return ExitCode.DIVERGED
+        if hit[0].step != rp.step:
+            print(f"replay {i + 1}/{args.times} fired {rp.signature} at step {hit[0].step}, "
+                  f"not at step {rp.step}")
+            return ExitCode.DIVERGED
+        ok += 1
+    assert last is not None
+    hit0 = next(f for f in last.findings if f.signature == rp.signature)
+    if args.lanes:
+        print(render(last.step_log, last.threads, hit0, last=args.lanes))
+    print(f"reproduced {rp.signature} at step {rp.step}: {ok} of {args.times}")
+    return ExitCode.FINDING
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from .repro import load_repro, write_repro
+    from .shrink import shrink_repro
+    rp = load_repro(args.file)
+    try:
+        out, before, after, runs = shrink_repro(rp, max_runs=args.max_runs)
+    except ValueError as e:
+        print(f"tdx-stress: {e}", file=sys.stderr)
+        return ExitCode.DIVERGED
+    dest = Path(args.out)
+    if dest.suffix == ".json" or (dest.exists() and not dest.is_dir()):
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(out, indent=1, sort_keys=True))
+        except OSError as e:
+            raise UsageError(f"cannot write {dest}: {e.strerror or e}") from None
+        path = dest
+    else:
+        path = write_repro(dest, out)
+    print(f"shrunk {rp.signature} in {runs} runs")
+    print(f"  before: {before.as_dict()}")
+    print(f"  after:  {after.as_dict()}")
+    print(f"  wrote {path}; replay: tdx-stress replay {path}")
+    return ExitCode.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.render import junit_xml, load_summary, merge_summaries, render_markdown
+    summaries = [load_summary(Path(d)) for d in args.dirs]
+    merged = merge_summaries(summaries) if len(summaries) > 1 else summaries[0]
+    out = Path(args.out) if args.out else Path(args.dirs[0])
+    if len(summaries) > 1:
+        if args.out is None:
+            raise UsageError("merging several run directories needs -o DIR")
+        out = make_out_dir(args.out)
+        from reports.render import copy_findings
+        copy_findings([Path(d) for d in args.dirs], merged, out)
+        (out / "summary.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+    (out / "report.md").write_text(render_markdown([merged], out))
+    junit = junit_xml(merged)
+    (out / "junit.xml").write_text(junit)
+    if args.junit:
+        Path(args.junit).write_text(junit)
+    print(text_summary(merged, out))
+    return ExitCode.FINDING if merged["findings"] else ExitCode.OK
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .table import observe, render_table
+    seed, _ = resolve_seed(args.seed if args.seed is not None else "0")
+    obs = observe(args.duration, workers=args.workers, base_seed=seed)
+    text, disagreements = render_table(obs)
+    print(text)
+    return ExitCode.FINDING if disagreements else ExitCode.OK
 
 
 def cmd_variants() -> int:
@@ -47,14 +370,38 @@ def cmd_variants() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command in (None, "variants"):
-            print(f"tdx-stress {__version__}")
-            return cmd_variants()
+        if args.command in ("run", "soak"):
+            return cmd_run(args, ["tdx-stress"] + argv)
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "shrink":
+            return cmd_shrink(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "table":
+            return cmd_table(args)
+        print(f"tdx-stress {__version__}")
+        return cmd_variants()
+    except (UsageError, ConfigError, UnknownVariant, ReproError, ReportError) as e:
+        print(f"tdx-stress: {e}", file=sys.stderr)
+        return ExitCode.USAGE
     except BrokenPipeError:
         return ExitCode.OK
-    return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("tdx-stress: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception as e:
+        where = Path("tdx-stress-internal-error.txt")
+        try:
+            where.write_text(traceback.format_exc())
+            detail = f"; traceback in {where}"
+        except OSError:
+            detail = ""
+        print(f"tdx-stress: internal error: {type(e).__name__}: {e}{detail}", file=sys.stderr)
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,0 +1,399 @@
+"""Campaigns: many seeds of one variant, in worker processes, with a run directory.
+
+Seeds run in ``--workers`` spawned processes (never fork: the parent is multi-threaded);
+the parent only hands out seeds, records results, samples resources from outside the
+stressed processes, writes the run directory as it goes and handles signals.  So:
+
+* every finding is in ``events.jsonl`` (flushed and fsynced) and ``findings/`` the moment
+  its seed's result reaches the parent: SIGKILL loses only seeds still running;
+* SIGINT/SIGTERM stop handing out seeds, abandon the running ones, write the summary and
+  exit 130;
+* ``--shard i/N`` takes every N-th seed of the campaign, so shards on several machines
+  cover it exactly once, and ``report`` merges their directories.
+
+Which seed is "first" for a signature is the smallest seed that fired it, so with
+``--seeds`` the result does not depend on how workers raced.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from core import __version__
+from core.findings import Finding
+from core.oracle import ROW_TEXT
+
+from .config import RunConfig
+from .repro import Repro, make_repro, write_repro
+from .runner import RunResult, hunt_stop, run_seed
+
+SUMMARY_SCHEMA = "tdx-stress/summary/1"
+BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
+
+
+# ---------------------------------------------------------------------- worker side
+def _worker_init() -> None:
+    # Ctrl-C goes to the whole process group: the parent decides, workers carry on
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
+    """What the parent needs of one seed (JSON-able, small)."""
+    repros = {}
+    for f in r.findings:
+        if cfg.mode == "free":
+            d = make_repro(cfg, r.seed, r.workload, f, trace=r.schedule,  # type: ignore[arg-type]
+                           threads=r.threads, steps=r.steps)
+        else:
+            d = make_repro(cfg, r.seed, r.workload, f, schedule=r.schedule,  # type: ignore[arg-type]
+                           threads=r.threads, steps=r.steps, preemptions=r.preemptions)
+        repros[f.signature] = d
+    return {
+        "seed": r.seed, "steps": r.steps, "rows": r.rows, "attr_changes": r.attr_changes,
+        "busy": r.busy, "findings": [f.to_dict() for f in r.findings], "counts": r.counts,
+        "repros": repros, "zero_step_arms": r.zero_step_arms, "vm_bugged": r.vm_bugged,
+    }
+
+
+def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool) -> list[dict]:
+    """Worker entry point: run ``seeds`` one after another."""
+    cfg = RunConfig.from_dict(cfg_dict)
+    stop = hunt_stop(cfg.variant) if stop_first else None
+    out = []
+    for seed in seeds:
+        r = run_seed(cfg, seed, stop_on=stop, record_steps=False)
+        out.append(seed_summary(cfg, r))
+    return out
+
+
+def shrink_task(repro: dict, max_runs: int) -> dict:
+    from .shrink import shrink_repro
+    out, _, _, _ = shrink_repro(Repro(repro), max_runs=max_runs)
+    return out
+
+
+# ---------------------------------------------------------------------- parent side
+@dataclass
+class CampaignSpec:
+    config: RunConfig
+    base_seed: int = 0
+    seeds: int | None = None           # total seeds of the campaign (across shards)
+    duration: float | None = 30.0      # wall-time bound in seconds
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)
+    stop_on_first: bool = False
+    shrink: bool = False
+    shrink_runs: int = 300
+    checkpoint: float = 60.0
+    heartbeat: float = 10.0
+    soak: bool = False
+    batch: int = 4
+
+
+@dataclass
+class FindingAgg:
+    signature: str
+    kind: str
+    path: str | None
+    row: int | None
+    message: str
+    count: int = 0               # seeds it fired in
+    occurrences: int = 0
+    first_seed: int = -1
+    first_elapsed_s: float = 0.0
+    repro: str = ""
+
+    def to_dict(self) -> dict:
+        return {"signature": self.signature, "kind": self.kind, "path": self.path,
+                "row": self.row, "count": self.count, "occurrences": self.occurrences,
+                "first_seed": self.first_seed, "first_elapsed_s": round(self.first_elapsed_s, 3),
+                "repro": self.repro, "message": self.message}
+
+
+@dataclass
+class Totals:
+    runs: int = 0
+    steps: int = 0
+    rows: list[int] = field(default_factory=lambda: [0] * 15)
+    bug_rows: list[int] = field(default_factory=lambda: [0] * 15)
+    attr_changes: int = 0
+    busy: dict[str, int] = field(default_factory=dict)
+    zero_step_arms: int = 0
+    seeds_done: list[int] = field(default_factory=list)
+
+
+class Campaign:
+    def __init__(self, spec: CampaignSpec, out: Path, argv: list[str],
+                 log: Callable[[str], None] = lambda s: None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.out = out
+        self.argv = argv
+        self.log = log
+        self.progress = progress
+        self.totals = Totals()
+        self.findings: dict[str, FindingAgg] = {}
+        self.repros: dict[str, dict] = {}
+        self.stop_reason = ""
+        self.interrupted = False
+        self.hunted = False
+        self.t0 = 0.0
+        self.peak_rss = 0
+        self.cpu_s = 0.0
+        self.samples: list[dict] = []
+        (out / "findings").mkdir(parents=True, exist_ok=True)
+        self._events = open(out / "events.jsonl", "a", buffering=1)
+
+    # -------------------------------------------------------------- files
+    def event(self, d: dict) -> None:
+        self._events.write(json.dumps(d, sort_keys=True) + "\n")
+        self._events.flush()
+        os.fsync(self._events.fileno())
+
+    def summary(self) -> dict:
+        cfg = self.spec.config
+        t = self.totals
+        return {
+            "schema": SUMMARY_SCHEMA,
+            "tool_version": __version__,
+            "argv": self.argv,
+            "variant": cfg.variant, "mode": cfg.mode, "strategy": cfg.strategy,
+            "depth": cfg.depth, "base_seed": self.spec.base_seed,
+            "config": cfg.to_dict(),
+            "shard": f"{self.spec.shard[0]}/{self.spec.shard[1]}",
+            "runs": t.runs, "steps": t.steps,
+            "elapsed_s": round(time.monotonic() - self.t0, 3),
+            "interrupted": self.interrupted,
+            "stop_reason": self.stop_reason,
+            "rows": {str(i): {"hits": t.rows[i], "bug_hits": t.bug_rows[i],
+                              "old": ROW_TEXT[i][0], "new": ROW_TEXT[i][1],
+                              "shared": ROW_TEXT[i][2]} for i in range(1, 15)},
+            "attr_changes": t.attr_changes,
+            "busy": dict(sorted(t.busy.items())),
+            "zero_step_arms": t.zero_step_arms,
+            "seeds": _ranges(sorted(t.seeds_done)),
+            "findings": [f.to_dict() for f in sorted(self.findings.values(),
+                                                     key=lambda f: f.first_seed)],
+            "resources": {"peak_rss_mb": round(self.peak_rss / 2**20, 1),
+                          "cpu_s": round(self.cpu_s, 2)},
+        }
+
+    def write_summary(self) -> None:
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary(), indent=1, sort_keys=True))
+        os.replace(tmp, self.out / "summary.json")
+
+    # -------------------------------------------------------------- results
+    def record(self, s: dict) -> None:
+        t = self.totals
+        t.runs += 1
+        t.steps += s["steps"]
+        t.seeds_done.append(s["seed"])
+        for i in range(15):
+            t.rows[i] += s["rows"][i]
+        t.attr_changes += s["attr_changes"]
+        t.zero_step_arms += s["zero_step_arms"]
+        for k, v in s["busy"].items():
+            t.busy[k] = t.busy.get(k, 0) + v
+        stop = hunt_stop(self.spec.config.variant)
+        elapsed = time.monotonic() - self.t0
+        for fd in s["findings"]:
+            f = Finding(fd["kind"], fd["where"], fd["message"], fd["row"], fd["path"],
+                        fd["step"], fd["thread"], fd["context"])
+            sig = f.signature
+            if f.kind in BUG_KINDS and f.row:
+                t.bug_rows[f.row] += 1
+            agg = self.findings.get(sig)
+            new = agg is None
+            if agg is None:
+                agg = self.findings[sig] = FindingAgg(sig, f.kind, f.path, f.row,
+                                                      f.message.splitlines()[0],
+                                                      first_elapsed_s=elapsed)
+            agg.count += 1
+            agg.occurrences += s["counts"].get(sig, 1)
+            if new or s["seed"] < agg.first_seed:
+                self._keep_repro(agg, s["repros"][sig], s["seed"])
+            self.event({"event": "finding", "seed": s["seed"], "signature": sig,
+                        "kind": f.kind, "path": f.path, "row": f.row, "step": f.step,
+                        "elapsed_s": round(elapsed, 3), "new": new, "repro": agg.repro,
+                        "message": f.message.splitlines()[0]})
+            if new:
+                self.log(f"finding {sig} in seed {s['seed']} at step {f.step}: "
+                         f"{f.message.splitlines()[0]}")
+            if self.spec.stop_on_first and stop(f):
+                self.hunted = True
+
+    def _keep_repro(self, agg: FindingAgg, repro: dict, seed: int) -> None:
+        old = agg.repro
+        path = write_repro(self.out / "findings", repro)
+        agg.repro = str(path.relative_to(self.out))
+        agg.first_seed = seed
+        self.repros[agg.signature] = repro
+        if old:
+            try:
+                (self.out / old).unlink()
+            except OSError:
+                pass
+
+    # -------------------------------------------------------------- the loop
+    def _seeds(self):
+        spec = self.spec
+        i, n = spec.shard
+        k = 0
+        while spec.seeds is None or k < spec.seeds:
+            if k % n == i:
+                yield spec.base_seed + k
+            k += 1
+
+    def _sample(self, procs: list) -> None:
+        import psutil
+        rss = 0
+        cpu = 0.0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    ct = p.cpu_times()
+                    cpu += ct.user + ct.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+        self.cpu_s = max(self.cpu_s, cpu)
+        if self.spec.soak:
+            sample = {"event": "resources", "elapsed_s": round(time.monotonic() - self.t0, 1),
+                      "rss_mb": round(rss / 2**20, 1), "cpu_s": round(cpu, 2),
+                      "runs": self.totals.runs}
+            self.samples.append(sample)
+            self.event(sample)
+
+    def run(self) -> None:
+        spec = self.spec
+        self.t0 = time.monotonic()
+        old_int = signal.getsignal(signal.SIGINT)
+        old_term = signal.getsignal(signal.SIGTERM)
+
+        def on_signal(signum, frame):  # noqa: ARG001
+            self.interrupted = True
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
+                                   initializer=_worker_init, max_tasks_per_child=64)
+        import psutil
+        me = psutil.Process()
+        seeds = self._seeds()
+        pending: set[Future] = set()
+        exhausted = False
+        last_ckpt = last_beat = last_sample = time.monotonic()
+        cfg_dict = spec.config.to_dict()
+        try:
+            while True:
+                now = time.monotonic()
+                out_of_time = spec.duration is not None and now - self.t0 >= spec.duration
+                stopping = self.interrupted or self.hunted or out_of_time
+                while not stopping and not exhausted and len(pending) < 2 * spec.workers:
+                    batch = [s for _, s in zip(range(spec.batch), seeds, strict=False)]
+                    if not batch:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(run_batch, cfg_dict, batch, spec.stop_on_first))
+                if not pending:
+                    break
+                if stopping and (self.interrupted or self.hunted):
+                    break          # abandon the seeds still running
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    for s in fut.result():
+                        self.record(s)
+                now = time.monotonic()
+                if now - last_sample >= 2.0:
+                    last_sample = now
+                    self._sample([me] + me.children(recursive=True))
+                if now - last_ckpt >= spec.checkpoint:
+                    last_ckpt = now
+                    self.write_summary()
+                    self.event({"event": "checkpoint", "elapsed_s": round(now - self.t0, 3),
+                                "runs": self.totals.runs, "findings": len(self.findings)})
+                if self.progress is not None and now - last_beat >= spec.heartbeat:
+                    last_beat = now
+                    self.progress(self.status_line())
+            if self.hunted:
+                self.stop_reason = "stop-on-first"
+            elif out_of_time and not self.interrupted:
+                self.stop_reason = "duration"
+            elif not self.interrupted:
+                self.stop_reason = "seeds"
+            self._sample([me] + me.children(recursive=True))
+        finally:
+            _shutdown(pool)
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+        if spec.shrink and self.repros and not self.interrupted:
+            self._shrink_all(ctx)
+        self.write_summary()
+        self.event({"event": "end", "elapsed_s": round(time.monotonic() - self.t0, 3),
+                    "runs": self.totals.runs, "findings": len(self.findings),
+                    "interrupted": self.interrupted, "stop_reason": self.stop_reason})
+        self._events.close()
+
+    def _shrink_all(self, ctx) -> None:
+        with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
+                                 initializer=_worker_init) as pool:
+            futs = {sig: pool.submit(shrink_task, d, self.spec.shrink_runs)
+                    for sig, d in self.repros.items()}
+            for sig, fut in futs.items():
+                try:
+                    shrunk = fut.result()
+                except Exception as e:      # a repro that no longer shrinks: keep it
+                    self.log(f"could not shrink {sig}: {e}")
+                    continue
+                agg = self.findings[sig]
+                old = agg.repro
+                path = write_repro(self.out / "findings", shrunk)
+                agg.repro = str(path.relative_to(self.out))
+                try:
+                    (self.out / old).unlink()
+                except OSError:
+                    pass
+                size = shrunk.get("size", {})
+                self.log(f"shrunk {sig}: {shrunk.get('shrunk_from')} -> {size}")
+
+    def status_line(self) -> str:
+        t = self.totals
+        el = time.monotonic() - self.t0
+        rate = t.runs / el if el > 0 else 0.0
+        return (f"{el:7.1f}s  runs {t.runs}  ({rate:.1f}/s)  steps {t.steps}  "
+                f"findings {len(self.findings)}  rss {self.peak_rss / 2**20:.0f} MiB")
+
+
+def _shutdown(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool now: cancel what has not started, kill what runs."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+
+
+def _ranges(xs: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for x in xs:
+        if out and out[-1][1] == x - 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return out
+
+
+__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary", "SUMMARY_SCHEMA", "sys"]
