@@ -63,6 +63,11 @@ TD_TEARDOWN = "TEARDOWN"     # HKID released: only reclaim
 
 ZERO_STEP_THRESHOLD = 6      # EPT violations at one RIP before stepping is suspected
 ZERO_STEP_MAX_GPAS = 32
+# Host priority must end even if the host never comes back for the lock (KVM's fault
+# path does not retry a fault that another thread resolved meanwhile), or the guest
+# would be refused forever.  The module bounds it in time; the model, having no clock,
+# in guest attempts: after this many refusals the bit clears.  (Model choice.)
+HOST_PRIORITY_ATTEMPTS = 8
 
 # Who holds a lock, for classifying BUSY by source.
 SRC_ZERO_STEP = "zero_step"
@@ -83,7 +88,7 @@ class SeptEntry:
         self.pfn: int | None = None     # leaf: guest page; non-leaf: S-EPT table page
         self.bepoch: int | None = None  # TD epoch when blocked
         self.lock: _Call | None = None  # the SEAMCALL/TDCALL holding the entry lock
-        self.host_prio = False
+        self.host_prio = 0      # guest attempts still refused for the host (0: bit clear)
 
     def __repr__(self) -> str:
         return f"SeptEntry({self.state}, pfn={self.pfn})"
@@ -237,14 +242,15 @@ class TdxModule:
         the bit; a guest that then comes for a free lock backs off so the host wins."""
         if e.lock is not None:
             if not call.guest:
-                e.host_prio = True
+                e.host_prio = HOST_PRIORITY_ATTEMPTS
             return self._busy(SRC_ACCEPT if e.lock.guest else SRC_SEPT_ENTRY,
                               TDX_OPERAND_ID_SEPT)
         if call.guest and e.host_prio:
+            e.host_prio -= 1
             self._count_busy("host_priority")
             return TDX_OPERAND_BUSY_HOST_PRIORITY | TDX_OPERAND_ID_SEPT
         if not call.guest:
-            e.host_prio = False
+            e.host_prio = 0
         e.lock = call
         call.entries.append(e)
         return TDX_SUCCESS

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,16 @@ BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 def _worker_init() -> None:
     # Ctrl-C goes to the whole process group: the parent decides, workers carry on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # and if the parent is killed outright, workers must not live on as orphans
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+            if os.getppid() == 1:              # the parent died before prctl took effect
+                os._exit(0)
+        except OSError:
+            pass
 
 
 def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
@@ -149,6 +160,8 @@ class Campaign:
         self.peak_rss = 0
         self.cpu_s = 0.0
         self.samples: list[dict] = []
+        self.errors: list[str] = []
+        self.worker_restarts = 0
         (out / "findings").mkdir(parents=True, exist_ok=True)
         self._events = open(out / "events.jsonl", "a", buffering=1)
 
@@ -182,6 +195,8 @@ class Campaign:
             "seeds": _ranges(sorted(t.seeds_done)),
             "findings": [f.to_dict() for f in sorted(self.findings.values(),
                                                      key=lambda f: f.first_seed)],
+            "errors": self.errors,
+            "worker_restarts": self.worker_restarts,
             "resources": {"peak_rss_mb": round(self.peak_rss / 2**20, 1),
                           "cpu_s": round(self.cpu_s, 2)},
         }
@@ -286,12 +301,18 @@ class Campaign:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
-                                   initializer=_worker_init, max_tasks_per_child=64)
+
+        def new_pool() -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
+                                       initializer=_worker_init, max_tasks_per_child=64)
+        pool = new_pool()
         import psutil
         me = psutil.Process()
         seeds = self._seeds()
         pending: set[Future] = set()
+        inflight: dict[Future, list[int]] = {}
+        retry: list[list[int]] = []
+        restarts = 0
         exhausted = False
         last_ckpt = last_beat = last_sample = time.monotonic()
         cfg_dict = spec.config.to_dict()
@@ -300,20 +321,59 @@ class Campaign:
                 now = time.monotonic()
                 out_of_time = spec.duration is not None and now - self.t0 >= spec.duration
                 stopping = self.interrupted or self.hunted or out_of_time
-                while not stopping and not exhausted and len(pending) < 2 * spec.workers:
-                    batch = [s for _, s in zip(range(spec.batch), seeds, strict=False)]
+                while not stopping and len(pending) < 2 * spec.workers:
+                    if retry:
+                        batch = retry.pop()
+                    elif not exhausted:
+                        batch = [s for _, s in zip(range(spec.batch), seeds, strict=False)]
+                    else:
+                        break
                     if not batch:
                         exhausted = True
                         break
-                    pending.add(pool.submit(run_batch, cfg_dict, batch, spec.stop_on_first))
+                    fut = pool.submit(run_batch, cfg_dict, batch, spec.stop_on_first)
+                    pending.add(fut)
+                    inflight[fut] = batch
                 if not pending:
                     break
                 if stopping and (self.interrupted or self.hunted):
                     break          # abandon the seeds still running
                 done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                broken = False
                 for fut in done:
-                    for s in fut.result():
+                    batch = inflight.pop(fut)
+                    try:
+                        results = fut.result()
+                    except BrokenProcessPool as e:
+                        # a worker was killed (OOM, a signal): run its seeds again in a
+                        # new pool; only a third death in a row is an error of the run
+                        broken = True
+                        self.event({"event": "worker_died", "seeds": batch, "error": str(e)})
+                        if restarts < 3:
+                            retry.append(batch)
+                        else:
+                            self.errors.append(f"workers keep dying (seeds {batch}): {e}")
+                        continue
+                    except Exception as e:    # the model raised: a bug of the tool
+                        self.errors.append(f"seeds {batch}: {type(e).__name__}: {e}")
+                        self.event({"event": "error", "seeds": batch,
+                                    "error": f"{type(e).__name__}: {e}"})
+                        self.log(f"internal error in seeds {batch}: {type(e).__name__}: {e}")
+                        continue
+                    for s in results:
                         self.record(s)
+                if broken:
+                    # the pool is unusable: every batch still in it is lost, run it again
+                    restarts += 1
+                    for fut in pending:
+                        if restarts <= 3:
+                            retry.append(inflight.pop(fut))
+                    pending = set()
+                    inflight.clear()
+                    _shutdown(pool)
+                    pool = new_pool()
+                    self.worker_restarts = restarts
+                    self.log(f"a worker process died; restarted the pool ({restarts})")
                 now = time.monotonic()
                 if now - last_sample >= 2.0:
                     last_sample = now
@@ -396,4 +456,4 @@ def _ranges(xs: list[int]) -> list[list[int]]:
     return out
 
 
-__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary", "SUMMARY_SCHEMA", "sys"]
+__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary", "SUMMARY_SCHEMA"]

@@ -244,6 +244,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         print(text_summary(summary, out))
     if camp.interrupted:
         return ExitCode.INTERRUPTED
+    if summary["errors"]:
+        log.error(f"internal error: {len(summary['errors'])} batch(es) failed; first: "
+                  f"{summary['errors'][0]} (all in {out / 'summary.json'})")
+        return ExitCode.INTERNAL
     return ExitCode.FINDING if summary["findings"] else ExitCode.OK
 
 

@@ -126,10 +126,26 @@ def workload_to_json(w: Workload) -> dict:
             "zaps": [[list(o) for o in z] for z in w.zaps]}
 
 
+GUEST_OPS = {"touch": 2, "accept": 3, "shared": 2}
+
+
 def workload_from_json(d: dict) -> Workload:
-    return Workload(tuple(d["initial"]),
-                    tuple(tuple(tuple(i) for i in p) for p in d["programs"]),
-                    tuple(tuple(tuple(o) for o in z) for z in d["zaps"]))
+    """Read a workload back, checking every operation is one this tool knows."""
+    w = Workload(tuple(d["initial"]),
+                 tuple(tuple(tuple(i) for i in p) for p in d["programs"]),
+                 tuple(tuple(tuple(o) for o in z) for z in d["zaps"]))
+    for prog in w.programs:
+        for ins in prog:
+            if GUEST_OPS.get(ins[0] if ins else None) != len(ins) or \
+                    not all(isinstance(x, int) for x in ins[1:]):
+                raise ValueError(f"unknown guest instruction {list(ins)}")
+    for script in w.zaps:
+        for op in script:
+            if len(op) != 3 or op[0] not in ZAP_OPS or not all(isinstance(x, int) for x in op[1:]):
+                raise ValueError(f"unknown zapper operation {list(op)}")
+    if not all(isinstance(g, int) for g in w.initial):
+        raise ValueError("initial pages must be GFNs")
+    return w
 
 
 def run_zap_op(kvm: Kvm, op: tuple) -> None:
