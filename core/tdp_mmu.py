@@ -137,7 +137,7 @@ class TdpMmu:
             else:
                 ctx.rows[row] += 1
         pushed = row is not None
-        if pushed:
+        if row is not None:
             ctx.row_stack.append(row)
         try:
             if not was_present and not is_present:

@@ -12,6 +12,7 @@ way a patch under review might:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class UnknownVariant(ValueError):
@@ -44,7 +45,7 @@ class Variant:
         return frozenset(rows)
 
 
-_BASE = dict(after_order=True, single_hook=True, hugepages=True)
+_BASE: dict[str, Any] = dict(after_order=True, single_hook=True, hugepages=True)
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("v6.19", "\"before\" order; hooks link_external_spt, set_external_spte, "

@@ -106,7 +106,7 @@ class CampaignSpec:
     checkpoint: float = 60.0
     heartbeat: float = 10.0
     soak: bool = False
-    batch: int = 4
+    batch: int = 8
 
 
 @dataclass
@@ -304,7 +304,7 @@ class Campaign:
 
         def new_pool() -> ProcessPoolExecutor:
             return ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
-                                       initializer=_worker_init, max_tasks_per_child=64)
+                                       initializer=_worker_init, max_tasks_per_child=256)
         pool = new_pool()
         import psutil
         me = psutil.Process()

@@ -14,6 +14,7 @@ import sys
 import traceback
 from enum import IntEnum
 from pathlib import Path
+from typing import NoReturn
 
 from core import __version__
 from core.variants import VARIANTS, UnknownVariant
@@ -39,7 +40,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one sentence, exit 2, no traceback
+    def error(self, message: str) -> NoReturn:  # one sentence, exit 2, no traceback
         self.exit(ExitCode.USAGE, f"tdx-stress: {message}\n")
 
 
@@ -187,10 +188,12 @@ def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
     level = "WARNING" if quiet else ("DEBUG" if verbose else "INFO")
     logger.add(sys.stderr, level=level, format="<level>{message}</level>", colorize=None)
     if out is not None:
-        kw = dict(rotation="20 MB", retention=5) if rotate else {}
+        rotation, retention = ("20 MB", 5) if rotate else (None, None)
         logger.add(out / "log.txt", level="DEBUG",
-                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {message}", **kw)
-        logger.add(out / "log.jsonl", level="DEBUG", serialize=True, **kw)
+                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {message}",
+                   rotation=rotation, retention=retention)
+        logger.add(out / "log.jsonl", level="DEBUG", serialize=True, rotation=rotation,
+                   retention=retention)
     return logger
 
 

@@ -25,10 +25,12 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from core.findings import Recorder
 from core.sched import YIELD_HINTS, Abort, ThreadCtx, mix, set_current
+
+T = TypeVar("T")
 
 
 class ScheduleDiverged(Exception):
@@ -170,8 +172,8 @@ class ControlledScheduler:
         return nxt
 
     # ------------------------------------------------------------------ yield point
-    def op(self, label: str, arg: object, fn: Callable[[], object],
-           ready: Callable[[], bool] | None = None) -> object:
+    def op(self, label: str, arg: object, fn: Callable[[], T],
+           ready: Callable[[], bool] | None = None) -> T:
         me = self.current
         if me is None or threading.current_thread() is not me.thread:
             # A thread the scheduler does not own (setup code on the main thread):

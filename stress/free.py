@@ -17,12 +17,14 @@ import random
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from core.findings import Recorder
 from core.sched import Abort, ThreadCtx, current, mix, set_current
 
 from .controlled import ControlledScheduler, ScheduleDiverged, Strategy
+
+T = TypeVar("T")
 
 
 class FreeScheduler:
@@ -119,8 +121,8 @@ class FreeScheduler:
         self.abort_reason = f"deadlock: {names}"
         self._cv.notify_all()
 
-    def op(self, label: str, arg: object, fn: Callable[[], object],
-           ready: Callable[[], bool] | None = None) -> object:
+    def op(self, label: str, arg: object, fn: Callable[[], T],
+           ready: Callable[[], bool] | None = None) -> T:
         ctx = self._workers.get(threading.get_ident())
         if ctx is None:                      # setup or teardown on the main thread
             with self._cv:

@@ -106,7 +106,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         rec.listeners.append(listener)
 
     main_ctx = current()
-    set_current(ThreadCtx("setup"))
+    setup_ctx = ThreadCtx("setup")      # building the TD links tables: rows count too
+    set_current(setup_ctx)
     try:
         kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs))
         kvm.build(workload.initial)
@@ -131,7 +132,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
 
     rows = [0] * 15
     attr = 0
-    for ctx in workers + [teardown_ctx]:
+    for ctx in [setup_ctx] + workers + [teardown_ctx]:
         for i in range(15):
             rows[i] += ctx.rows[i]
         attr += ctx.attr_changes

@@ -55,11 +55,28 @@ def render(steps: list[Step], threads: list[str], finding: Finding | None = None
            last: int = 40, width: int = 34) -> str:
     """The ``last`` steps up to (and including) the finding's step."""
     end = finding.step if finding is not None and finding.step else (steps[-1].step if steps else 0)
-    upto = [s for s in steps if s.step <= end][-last:]
+    before = [s for s in steps if s.step <= end]
+    upto = before[-last:]
+    # Threads idle in the window still matter (one may hold the lock the failing step
+    # met): show where each of them stopped, above the window.
+    shown = {s.thread for s in upto}
+    start = upto[0].step if upto else 0
+    context: dict[int, Step] = {}
+    for b in before:
+        if b.step >= start:
+            break
+        if b.thread not in shown:
+            context[b.thread] = b
     head = "step   | " + " | ".join(f"{t:<{width}}" for t in threads)
     rule = "-------+" + "+".join("-" * (width + 2) for _ in threads)
     lines = [head, rule]
-    for s in upto:
+    ctx_rows = sorted(context.values(), key=lambda s: s.step)
+    rows: list[Step | None] = [*ctx_rows, *([None] if ctx_rows else []), *upto]
+    for row in rows:
+        if row is None:
+            lines.append("   ... | " + " | ".join(f"{'':<{width}}" for _ in threads))
+            continue
+        s = row
         arg = _fmt_arg(s.label, s.arg)
         res = _fmt_result(s.label, s.result)
         cell = s.label + (f"({arg})" if arg else "") + (f" -> {res}" if res else "")

@@ -136,7 +136,7 @@ def workload_from_json(d: dict) -> Workload:
                  tuple(tuple(tuple(o) for o in z) for z in d["zaps"]))
     for prog in w.programs:
         for ins in prog:
-            if GUEST_OPS.get(ins[0] if ins else None) != len(ins) or \
+            if GUEST_OPS.get(ins[0] if ins else "") != len(ins) or \
                     not all(isinstance(x, int) for x in ins[1:]):
                 raise ValueError(f"unknown guest instruction {list(ins)}")
     for script in w.zaps:

@@ -1,0 +1,76 @@
+"""Time to first finding per hunt and strategy, side by side (the campaign issue).
+
+For every hunt variant and strategy (controlled pct, controlled random, free), from each
+of 5 base seeds, run seeds until the finding the hunt is after fires (MODEL §6), or a cap;
+print the median wall time and seeds to it.  One process, default configuration (as
+`tdx-stress run --variant hunt-X --stop-on-first --strategy S` would use, minus the
+worker start-up).
+
+Run: python bench/bench_hunts.py [--cap S] [--bases N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stress.config import RunConfig  # noqa: E402
+from stress.runner import hunt_stop, run_seed  # noqa: E402
+
+HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
+STRATEGIES = (("pct", "controlled"), ("random", "controlled"), ("pct", "free"))
+
+
+def time_to_first(variant: str, strategy: str, mode: str, base: int, cap: float):
+    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode).validate()
+    stop = hunt_stop(variant)
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < cap:
+        r = run_seed(cfg, base + n, stop_on=stop, record_steps=False)
+        n += 1
+        if any(stop(f) for f in r.findings):
+            return time.perf_counter() - t0, n
+    return None, n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cap", type=float, default=60.0, help="seconds per search")
+    ap.add_argument("--bases", type=int, default=5)
+    args = ap.parse_args()
+    bases = [100_000 * (i + 1) for i in range(args.bases)]
+    head = f"{'hunt':<8}" + "".join(f" | {s + ('/' + m if m == 'free' else ''):>24}"
+                                    for s, m in STRATEGIES)
+    print(head)
+    print("-" * len(head))
+    for v in HUNTS:
+        cells = []
+        for s, m in STRATEGIES:
+            times, seeds, missed = [], [], 0
+            for b in bases:
+                t, n = time_to_first(v, s, m, b, args.cap)
+                seeds.append(n)
+                if t is None:
+                    missed += 1
+                    times.append(float("inf"))
+                else:
+                    times.append(t)
+            med = statistics.median(times)
+            cell = (f"{med:6.1f} s, {int(statistics.median(seeds)):5d} seeds"
+                    if med != float("inf") else f"  >{args.cap:.0f} s")
+            if missed:
+                cell += f" ({missed} miss)"
+            cells.append(cell)
+        print(f"{v:<8}" + "".join(f" | {c:>24}" for c in cells), flush=True)
+    print(f"(median over {args.bases} base seeds; cap {args.cap:.0f} s per search; "
+          "'miss' = not found within the cap)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
