@@ -277,7 +277,8 @@ class Campaign:
                 with p.oneshot():
                     rss += p.memory_info().rss
                     ct = p.cpu_times()
-                    cpu += ct.user + ct.system
+                    # children_*: workers already recycled and reaped by this process
+                    cpu += ct.user + ct.system + ct.children_user + ct.children_system
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak_rss = max(self.peak_rss, rss)

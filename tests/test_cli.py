@@ -281,7 +281,7 @@ def test_table_disagreements_are_marked():
 
 @pytest.mark.quality
 def test_table_reproduces_seed_002(tmp_path):
-    r = tdx("table", "--duration", 4, timeout=280)
+    r = tdx("table", "--duration", 6, timeout=280)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "no disagreement" in r.stdout
 
