@@ -270,7 +270,7 @@ class Campaign:
 
     def _sample(self, procs: list) -> None:
         import psutil
-        rss = 0
+        rss = threads = fds = 0
         cpu = 0.0
         for p in procs:
             try:
@@ -279,6 +279,8 @@ class Campaign:
                     ct = p.cpu_times()
                     # children_*: workers already recycled and reaped by this process
                     cpu += ct.user + ct.system + ct.children_user + ct.children_system
+                    threads += p.num_threads()
+                    fds += p.num_fds()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak_rss = max(self.peak_rss, rss)
@@ -286,6 +288,7 @@ class Campaign:
         if self.spec.soak:
             sample = {"event": "resources", "elapsed_s": round(time.monotonic() - self.t0, 1),
                       "rss_mb": round(rss / 2**20, 1), "cpu_s": round(cpu, 2),
+                      "threads": threads, "open_files": fds, "processes": len(procs),
                       "runs": self.totals.runs}
             self.samples.append(sample)
             self.event(sample)

@@ -383,6 +383,39 @@ class ReplayStrategy(Strategy):
         return want
 
 
+class RunReplayStrategy(Strategy):
+    """Lenient replay by runs: the schedule read as "give thread T its next n steps".
+
+    An edited workload changes how many steps a thread takes; positional replay then
+    shifts every later decision of every thread, while replay by runs keeps the other
+    threads' runs where they were.  A run whose thread cannot go on is cut short.  The
+    shrinker's first try for a candidate.
+    """
+
+    def __init__(self, schedule: Sequence[int]) -> None:
+        runs: list[list[int]] = []
+        for t in schedule:
+            if runs and runs[-1][0] == t:
+                runs[-1][1] += 1
+            else:
+                runs.append([t, 1])
+        self.runs = runs
+        self.i = 0
+        self.left = runs[0][1] if runs else 0
+
+    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
+        while self.i < len(self.runs):
+            t = self.runs[self.i][0]
+            if self.left > 0 and t in runnable:
+                self.left -= 1
+                return t
+            self.i += 1
+            if self.i < len(self.runs):
+                self.left = self.runs[self.i][1]
+        cur = sched.current
+        return cur.index if cur is not None and cur.index in runnable else runnable[0]
+
+
 class ScriptStrategy(Strategy):
     """A test decides the interleaving, step by step (Trio's Sequencer, for threads).
 

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, replace
 
 from .config import RunConfig
-from .controlled import PCTStrategy, RandomStrategy, Strategy, is_sync
+from .controlled import PCTStrategy, RandomStrategy, RunReplayStrategy, Strategy, is_sync
 from .repro import Repro, make_repro, rle
 from .runner import RunResult, run_seed
 from .workload import Workload
@@ -74,7 +74,7 @@ class Shrinker:
             # fresh schedules, PCT (few preemptions by construction) and random in turn
             rng = random.Random(f"tdx-stress:shrink:{self.seed}:{self.runs}")
             horizon = max(20, 3 * sum(map(len, w.zaps)) + 3 * sum(map(len, w.programs)))
-            strategy: Strategy | None = None
+            strategy: Strategy | None = RunReplayStrategy(schedule) if k == 0 else None
             if k % 2:
                 strategy = PCTStrategy(rng, depth=2 + k // 2, max_steps=horizon, sync=is_sync)
             elif k:

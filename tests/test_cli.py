@@ -227,7 +227,8 @@ def test_soak_samples_resources(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [json.loads(ln) for ln in (out / "events.jsonl").read_text().splitlines()]
     res = [e for e in lines if e["event"] == "resources"]
-    assert res and all(e["rss_mb"] > 0 for e in res)
+    assert res and all(e["rss_mb"] > 0 and e["threads"] > 0 and e["open_files"] > 0
+                       for e in res)
     assert "heartbeat" in r.stderr
     assert summary(out)["resources"]["peak_rss_mb"] > 0
 
@@ -307,3 +308,16 @@ def test_a_killed_worker_is_replaced_and_its_seeds_rerun(tmp_path):
     s = summary(out)
     assert s["worker_restarts"] >= 1 and s["errors"] == []
     assert s["runs"] == 40 and s["seeds"] == [[5, 44]]
+
+
+def test_run_shrink_flag_keeps_a_shrunk_first_repro(tmp_path):
+    out = tmp_path / "run"
+    r = tdx("run", "--variant", "hunt-d", "--stop-on-first", "--seed", 0, "--shrink",
+            "--out", out, "-q")
+    assert r.returncode == 1
+    s = summary(out)
+    f = next(f for f in s["findings"] if f["kind"] == "KVM_BUG_ON" and f["path"] == "d")
+    rp = load_repro(out / f["repro"])
+    assert "shrunk_from" in rp.raw
+    assert rp.raw["size"]["steps"] <= rp.raw["shrunk_from"]["steps"]
+    assert tdx("replay", out / f["repro"], "--lanes", 0).returncode == 1
