@@ -94,19 +94,44 @@ class SeptEntry:
         return f"SeptEntry({self.state}, pfn={self.pfn})"
 
 
+class TryRwLock:
+    """One of the module's shared/exclusive try-locks (S-EPT tree, TD epoch, TDR): never
+    waits; ``take`` says whether it got the lock."""
+
+    __slots__ = ("shared", "excl")
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.excl: _Call | None = None
+
+    def take(self, call: "_Call", excl: bool) -> bool:
+        if self.excl is not None or (excl and self.shared):
+            return False
+        if excl:
+            self.excl = call
+        else:
+            self.shared += 1
+        call.held.append((self, excl))
+        return True
+
+    def release(self, excl: bool) -> None:
+        if excl:
+            self.excl = None
+        else:
+            self.shared -= 1
+
+
 class _Call:
     """One SEAMCALL or TDCALL in flight: what it locked, so its second step can release."""
 
-    __slots__ = ("name", "guest", "vcpu", "entries", "tree", "epoch", "tdr", "tdvpr")
+    __slots__ = ("name", "guest", "vcpu", "entries", "held", "tdvpr")
 
     def __init__(self, name: str, guest: bool = False, vcpu: "TdVcpu | None" = None) -> None:
         self.name = name
         self.guest = guest
         self.vcpu = vcpu
         self.entries: list[SeptEntry] = []
-        self.tree: str | None = None    # "shared" or "excl"
-        self.epoch: str | None = None
-        self.tdr: str | None = None
+        self.held: list[tuple[TryRwLock, bool]] = []   # (lock, exclusive) taken
         self.tdvpr: TdVcpu | None = None
 
     def __repr__(self) -> str:
@@ -148,12 +173,9 @@ class TdxModule:
         self.td_state = TD_BUILD
         self.hkid_assigned = True
         self.td_epoch = 1
-        self.epoch_shared = 0
-        self.epoch_excl: _Call | None = None
-        self.tree_shared = 0
-        self.tree_excl: _Call | None = None
-        self.tdr_shared = 0
-        self.tdr_excl: _Call | None = None
+        self.tree = TryRwLock()       # S-EPT tree lock
+        self.epoch = TryRwLock()      # TD epoch lock
+        self.tdr = TryRwLock()        # TDR
         self.vcpus = [TdVcpu(i) for i in range(nr_vcpus)]
         self.sept_pages: dict[int, tuple[int, int]] = {}   # TD-owned S-EPT pages -> (level, gfn)
         self.reclaimed: set[int] = set()
@@ -221,21 +243,14 @@ class TdxModule:
         return TDX_OPERAND_BUSY | operand
 
     def _tree_holder_source(self) -> str:
-        c = self.tree_excl
+        c = self.tree.excl
         return SRC_ZERO_STEP if c is not None and c.name == "TDH.VP.ENTER" else SRC_SEPT_TREE
 
     def _take_tree(self, call: _Call, excl: bool) -> int:
-        if self.tree_excl is not None:
-            return self._busy(self._tree_holder_source(), TDX_OPERAND_ID_SEPT)
-        if excl:
-            if self.tree_shared:
-                return self._busy(SRC_SEPT_TREE, TDX_OPERAND_ID_SEPT)
-            self.tree_excl = call
-            call.tree = "excl"
-        else:
-            self.tree_shared += 1
-            call.tree = "shared"
-        return TDX_SUCCESS
+        if self.tree.take(call, excl):
+            return TDX_SUCCESS
+        return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
+                          TDX_OPERAND_ID_SEPT)
 
     def _take_entry(self, call: _Call, e: SeptEntry) -> int:
         """Try-take an entry lock.  Host priority: a host that finds the lock taken sets
@@ -256,47 +271,21 @@ class TdxModule:
         return TDX_SUCCESS
 
     def _take_tdr(self, call: _Call, excl: bool) -> int:
-        if self.tdr_excl is not None or (excl and self.tdr_shared):
-            return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
-        if excl:
-            self.tdr_excl = call
-            call.tdr = "excl"
-        else:
-            self.tdr_shared += 1
-            call.tdr = "shared"
-        return TDX_SUCCESS
+        return TDX_SUCCESS if self.tdr.take(call, excl) else self._busy(SRC_TDR,
+                                                                         TDX_OPERAND_ID_TDR)
 
     def _take_epoch(self, call: _Call, excl: bool) -> int:
-        if self.epoch_excl is not None or (excl and self.epoch_shared):
-            return self._busy(SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
-        if excl:
-            self.epoch_excl = call
-            call.epoch = "excl"
-        else:
-            self.epoch_shared += 1
-            call.epoch = "shared"
-        return TDX_SUCCESS
+        return TDX_SUCCESS if self.epoch.take(call, excl) else self._busy(
+            SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
 
     def _release(self, call: _Call) -> None:
         for e in call.entries:
             if e.lock is call:
                 e.lock = None
         call.entries.clear()
-        if call.tree == "excl":
-            self.tree_excl = None
-        elif call.tree == "shared":
-            self.tree_shared -= 1
-        call.tree = None
-        if call.epoch == "excl":
-            self.epoch_excl = None
-        elif call.epoch == "shared":
-            self.epoch_shared -= 1
-        call.epoch = None
-        if call.tdr == "excl":
-            self.tdr_excl = None
-        elif call.tdr == "shared":
-            self.tdr_shared -= 1
-        call.tdr = None
+        for lock, excl in call.held:
+            lock.release(excl)
+        call.held.clear()
         if call.tdvpr is not None:
             call.tdvpr.tdvpr_lock = None
             call.tdvpr = None

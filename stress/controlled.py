@@ -256,6 +256,17 @@ class ControlledScheduler:
 
 
 # ---------------------------------------------------------------------- strategies
+def rle(xs: Sequence[int]) -> list[list[int]]:
+    """A schedule as runs: [thread, how many decisions in a row]."""
+    out: list[list[int]] = []
+    for x in xs:
+        if out and out[-1][0] == x:
+            out[-1][1] += 1
+        else:
+            out.append([x, 1])
+    return out
+
+
 class Strategy:
     def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
         raise NotImplementedError
@@ -393,12 +404,7 @@ class RunReplayStrategy(Strategy):
     """
 
     def __init__(self, schedule: Sequence[int]) -> None:
-        runs: list[list[int]] = []
-        for t in schedule:
-            if runs and runs[-1][0] == t:
-                runs[-1][1] += 1
-            else:
-                runs.append([t, 1])
+        runs = rle(schedule)
         self.runs = runs
         self.i = 0
         self.left = runs[0][1] if runs else 0

@@ -18,6 +18,7 @@ from core import __version__
 from core.findings import Finding
 
 from .config import ConfigError, RunConfig
+from .controlled import rle
 from .workload import Workload, workload_from_json, workload_to_json
 
 SCHEMA = "tdx-stress/repro/1"
@@ -41,16 +42,6 @@ def model_hash() -> str:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def rle(xs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for x in xs:
-        if out and out[-1][0] == x:
-            out[-1][1] += 1
-        else:
-            out.append([x, 1])
-    return out
 
 
 def unrle(runs: list) -> list[int]:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from .config import RunConfig
-from .controlled import PCTStrategy, RandomStrategy, RunReplayStrategy, Strategy, is_sync
-from .repro import Repro, make_repro, rle
+from .controlled import PCTStrategy, RandomStrategy, RunReplayStrategy, Strategy, is_sync, rle
+from .repro import Repro, make_repro
 from .runner import RunResult, run_seed
 from .workload import Workload
 
@@ -146,28 +147,39 @@ class Shrinker:
                 lo = mid + 1
         return found
 
-    def _switches(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
-        """Delete runs of the schedule (each deletion removes context switches)."""
+    def _ddmin(self, items: list, w: Workload, best: RunResult,
+               candidate: Callable[[Workload, RunResult, list], tuple[Workload, list[int]]],
+               refresh: Callable[[Workload, RunResult], list], search: int
+               ) -> tuple[Workload, RunResult] | None:
+        """Delta debugging: drop chunks of ``items``, halving the chunk size when no chunk
+        can go.  ``candidate(w, best, kept)`` gives the (workload, schedule) to try;
+        ``refresh(w, result)`` gives the items of an accepted candidate."""
         found = None
-        runs = rle(best.schedule)
-        chunk = max(1, len(runs) // 2)
+        chunk = max(1, len(items) // 2)
         while chunk >= 1 and self.runs < self.max_runs:
             i = 0
             progressed = False
-            while i < len(runs) and self.runs < self.max_runs:
-                cand = runs[:i] + runs[i + chunk:]
-                sched = [t for t, n in cand for _ in range(n)]
-                r = self._try(w, sched)
-                if self._better(r, w, best, w):
+            while i < len(items) and self.runs < self.max_runs:
+                cand, sched = candidate(w, best, items[:i] + items[i + chunk:])
+                r = self._try(cand, sched, search=search if chunk > 1 else 0)
+                if self._better(r, cand, best, w):
                     assert r is not None
-                    best, found = r, (w, r)
-                    runs = rle(r.schedule)
+                    w, best = cand, r
+                    found = (w, r)
+                    items = refresh(w, r)
                     progressed = True
                 else:
                     i += chunk
             if not progressed:
                 chunk //= 2
         return found
+
+    def _switches(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
+        """Delete runs of the schedule (each deletion removes context switches)."""
+        return self._ddmin(
+            rle(best.schedule), w, best,
+            lambda w, _best, kept: (w, [t for t, n in kept for _ in range(n)]),
+            lambda _w, r: rle(r.schedule), search=0)
 
     def _threads(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
         nv = len(w.programs)
@@ -191,26 +203,11 @@ class Shrinker:
     def _operations(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
         """Drop zapper operations, guest instructions and initial pages, in halving
         chunks over all of them at once (ddmin)."""
-        found = None
-        items = self._items(w)
-        chunk = max(1, len(items) // 2)
-        while chunk >= 1 and self.runs < self.max_runs:
-            i = 0
-            progressed = False
-            while i < len(items) and self.runs < self.max_runs:
-                drop = set(items[i:i + chunk])
-                cand = self._without(w, drop)
-                r = self._try(cand, best.schedule, search=self.search if chunk > 1 else 0)
-                if self._better(r, cand, best, w):
-                    assert r is not None
-                    w, best, found = cand, r, (cand, r)
-                    items = self._items(w)
-                    progressed = True
-                else:
-                    i += chunk
-            if not progressed:
-                chunk //= 2
-        return found
+        return self._ddmin(
+            self._items(w), w, best,
+            lambda w, best, kept: (self._without(w, set(self._items(w)) - set(kept)),
+                                   best.schedule),
+            lambda w, _r: self._items(w), search=self.search)
 
     @staticmethod
     def _items(w: Workload) -> list[tuple[str, int, int]]:

@@ -658,12 +658,12 @@ def test_zero_step_vp_enter_fakes_ept_violation_for_unmapped_gpa():
     arm_zero_step(m, 0, G)
     assert m.tdh_vp_enter(0) == (TDX_SUCCESS, G)
     assert v.running_epoch is None and v.entered == 0
-    assert m.tree_excl is None and v.tdvpr_lock is None
+    assert m.tree.excl is None and v.tdvpr_lock is None
     assert v.zstep_gpas == [G]
     map_4k(m, G, 0x5000)
     assert m.tdh_vp_enter(0) == (TDX_SUCCESS, None)
     assert v.running_epoch == m.td_epoch and v.entered == 1
-    assert m.tree_excl is None
+    assert m.tree.excl is None
 
 
 # ====================================================================== 4. host priority
