@@ -41,9 +41,20 @@ BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 
 
 # ---------------------------------------------------------------------- worker side
-def _worker_init() -> None:
+def _worker_init(slot=None) -> None:
     # Ctrl-C goes to the whole process group: the parent decides, workers carry on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One CPU per worker: a seed passes its baton between threads thousands of times,
+    # and a handoff costs about half as much when both threads share one CPU (measured).
+    if slot is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+            with slot.get_lock():
+                mine = cpus[slot.value % len(cpus)]
+                slot.value += 1
+            os.sched_setaffinity(0, {mine})
+        except (OSError, ValueError):
+            pass
     # and if the parent is killed outright, workers must not live on as orphans
     if sys.platform.startswith("linux"):
         try:
@@ -306,9 +317,12 @@ class Campaign:
         signal.signal(signal.SIGTERM, on_signal)
         ctx = multiprocessing.get_context("spawn")
 
+        slot = ctx.Value("i", 0)
+
         def new_pool() -> ProcessPoolExecutor:
             return ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
-                                       initializer=_worker_init, max_tasks_per_child=256)
+                                       initializer=_worker_init, initargs=(slot,),
+                                       max_tasks_per_child=256)
         pool = new_pool()
         import psutil
         me = psutil.Process()
