@@ -472,83 +472,50 @@ def test_mmu_lock_reader_gets_in_during_writer_stream():
     assert got_in, "reader starved by a stream of writers"
 
 
-def test_mmu_lock_fairness_controlled_reader_queues_behind_writer():
-    """Fairness (a), scripted: r1 holds, w queues, then r2 must queue behind w, not enter."""
+@pytest.mark.parametrize("holder,first,second,snap_want,order_want", [
+    # (a) r1 holds, w queues, then r2 must queue behind w, not enter.  r2 has a lower
+    # index than w: if r2 could enter past w, it would go first after r1.
+    (("r1", "read"), ("w", "write"), ("r2", "read"),
+     {"readers": ["r1"], "writer": None, "waiters": ["w(write)", "r2(read)"]},
+     ["r1", "w", "r2"]),
+    # (b) w1 holds, r queues, then w2 queues behind r; r enters first.  After the script
+    # the lowest-index runnable thread goes: w2 before r, so a lock that let w2 overtake
+    # the queued reader would show in the order.
+    (("w1", "write"), ("r", "read"), ("w2", "write"),
+     {"readers": [], "writer": "w1", "waiters": ["r(read)", "w2(write)"]},
+     ["w1", "r", "w2"]),
+], ids=["reader_queues_behind_writer", "writer_queues_behind_reader"])
+def test_mmu_lock_fairness_controlled(holder, first, second, snap_want, order_want):
+    """Fairness, scripted: whoever queued first enters first after the holder leaves."""
+    label = {"read": "mmu_lock.read_lock", "write": "mmu_lock.write_lock"}
     sched, rec = controlled([
-        ("through", "r1", "mmu_lock.read_lock"),
-        ("through", "w", "mmu_lock.write_lock"),
-        ("through", "r2", "mmu_lock.read_lock"),
-        ("through", "r1", "probe"),
-        ("finish", "r1"),
+        ("through", holder[0], label[holder[1]]),
+        ("through", first[0], label[first[1]]),
+        ("through", second[0], label[second[1]]),
+        ("through", holder[0], "probe"),
+        ("finish", holder[0]),
     ])
     lock = MmuLock(sched, rec)
     order: list[str] = []
     snap: dict = {}
 
-    def r1() -> None:
-        lock.read_lock()
-        order.append("r1")
+    def body(name: str, mode: str, probe: bool):
+        def run() -> None:
+            lock.lock(mode)
+            order.append(name)
+            if probe:
+                def look() -> None:
+                    snap.update(readers=list(lock.readers), writer=lock.writer,
+                                waiters=lock.describe_waiters())
+                sched.op("probe", None, look)
+            lock.unlock()
+        return run
 
-        def probe() -> None:
-            snap.update(readers=list(lock.readers), writer=lock.writer,
-                        waiters=lock.describe_waiters())
-        sched.op("probe", None, probe)
-        lock.read_unlock()
-
-    def w() -> None:
-        lock.write_lock()
-        order.append("w")
-        lock.write_unlock()
-
-    def r2() -> None:
-        lock.read_lock()
-        order.append("r2")
-        lock.read_unlock()
-
-    # r2 has a lower index than w: if r2 could enter past w, it would go first after r1.
-    run_controlled(sched, [("r1", r1), ("r2", r2), ("w", w)])
-    assert snap == {"readers": ["r1"], "writer": None, "waiters": ["w(write)", "r2(read)"]}
-    assert order == ["r1", "w", "r2"]
-
-
-def test_mmu_lock_fairness_controlled_writer_queues_behind_reader():
-    """Fairness (b), scripted: w1 holds, r queues, then w2 queues behind r; r enters first."""
-    sched, rec = controlled([
-        ("through", "w1", "mmu_lock.write_lock"),
-        ("through", "r", "mmu_lock.read_lock"),
-        ("through", "w2", "mmu_lock.write_lock"),
-        ("through", "w1", "probe"),
-        ("finish", "w1"),
-    ])
-    lock = MmuLock(sched, rec)
-    order: list[str] = []
-    snap: dict = {}
-
-    def w1() -> None:
-        lock.write_lock()
-        order.append("w1")
-
-        def probe() -> None:
-            snap.update(readers=list(lock.readers), writer=lock.writer,
-                        waiters=lock.describe_waiters())
-        sched.op("probe", None, probe)
-        lock.write_unlock()
-
-    def r() -> None:
-        lock.read_lock()
-        order.append("r")
-        lock.read_unlock()
-
-    def w2() -> None:
-        lock.write_lock()
-        order.append("w2")
-        lock.write_unlock()
-
-    # After the script the lowest-index runnable thread goes: w2 comes before r, so a
-    # lock that let w2 overtake the queued reader would show in the order.
-    run_controlled(sched, [("w1", w1), ("w2", w2), ("r", r)])
-    assert snap == {"readers": [], "writer": "w1", "waiters": ["r(read)", "w2(write)"]}
-    assert order == ["w1", "r", "w2"]
+    threads = [(holder[0], body(*holder, True)), (second[0], body(*second, False)),
+               (first[0], body(*first, False))]
+    run_controlled(sched, threads)
+    assert snap == snap_want
+    assert order == order_want
 
 
 def test_needbreak_true_while_someone_waits():
