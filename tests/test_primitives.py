@@ -110,6 +110,15 @@ class _LabelLog(PassThrough):
 
 
 # ------------------------------------------------------------------------ 1. SPTE encoding
+
+def take(lock, mode: str, name: str, order: list):
+    """A thread body: take ``lock`` in ``mode``, note ``name`` in ``order``, release."""
+    def body() -> None:
+        lock.lock(mode)
+        order.append(name)
+        lock.unlock()
+    return body
+
 def test_nonpresent_and_frozen_constants():
     """SHADOW_NONPRESENT_VALUE is 1<<63 and FROZEN_SPTE is (1<<63)|0x5a0, both non-present."""
     assert SHADOW_NONPRESENT_VALUE == 1 << 63
@@ -304,15 +313,9 @@ def test_mmu_lock_writer_excludes():
     assert lock.writer == "main"
     order: list[str] = []
 
-    def reader() -> None:
-        lock.read_lock()
-        order.append("r")
-        lock.read_unlock()
+    reader = take(lock, "read", "r", order)
 
-    def writer() -> None:
-        lock.write_lock()
-        order.append("w2")
-        lock.write_unlock()
+    writer = take(lock, "write", "w2", order)
 
     th = _Threads()
     th.spawn("r", reader)
@@ -335,15 +338,9 @@ def test_mmu_lock_writer_not_starved_by_reader_chain():
     lock.read_lock()                           # main is r1
     order.append("r1")
 
-    def w() -> None:
-        lock.write_lock()
-        order.append("w")
-        lock.write_unlock()
+    w = take(lock, "write", "w", order)
 
-    def r2() -> None:
-        lock.read_lock()
-        order.append("r2")
-        lock.read_unlock()
+    r2 = take(lock, "read", "r2", order)
 
     th = _Threads()
     th.spawn("w", w)
@@ -418,10 +415,7 @@ def test_mmu_lock_readers_not_starved_by_writer_chain():
             lock.read_unlock()
         return body
 
-    def w2() -> None:
-        lock.write_lock()
-        order.append("w2")
-        lock.write_unlock()
+    w2 = take(lock, "write", "w2", order)
 
     both = threading.Barrier(2, timeout=5)
     th = _Threads()
@@ -542,10 +536,7 @@ def test_cond_resched_drops_and_retakes():
     assert lock.cond_resched() is False        # nobody waits: keeps the lock
     assert current().lock_mode == "read" and lock.readers == ["main"]
 
-    def w() -> None:
-        lock.write_lock()
-        order.append("w in")
-        lock.write_unlock()
+    w = take(lock, "write", "w in", order)
 
     th = _Threads()
     th.spawn("w", w)
@@ -566,10 +557,7 @@ def test_cond_resched_write_mode_retakes_write():
     order: list[str] = []
     lock.write_lock()
 
-    def r() -> None:
-        lock.read_lock()
-        order.append("r in")
-        lock.read_unlock()
+    r = take(lock, "read", "r in", order)
 
     th = _Threads()
     th.spawn("r", r)
