@@ -1,15 +1,15 @@
 """Reading, merging and rendering run directories (never runs the machine).
 
-``summary.json`` (schema ``tdx-stress/summary/1``) is the input; Markdown and JUnit XML
-are the outputs here.  Merging shard directories sums the counters and keeps, for each
-finding signature, the smallest first seed and its repro.
+``summary.json`` (schema ``tdx-stress/summary/1``) is the input; :func:`write_reports`
+writes every rendering of it (``report.md``, ``junit.xml``) into a run directory.
+Merging shard directories sums the counters and keeps, for each finding signature, the
+smallest first seed and its repro.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 from core.oracle import EXPECTED, ROW_TEXT
 
@@ -73,6 +73,18 @@ def merge_summaries(summaries: list[dict]) -> dict:
             if f["first_seed"] < g["first_seed"]:
                 g["first_seed"], g["repro"], g["_dir"] = f["first_seed"], f["repro"], f["_dir"]
     m["findings"] = sorted(by_sig.values(), key=lambda f: f["first_seed"])
+    m["threads_max"] = max(s.get("threads_max", 0) for s in summaries)
+    pcts = [(s["pct"], s["runs"]) for s in summaries if s.get("pct")]
+    if pcts:
+        m["pct"] = {"k": max(p["k"] for p, _ in pcts), "depth": pcts[0][0]["depth"],
+                    "sync_steps_mean": round(sum(p["sync_steps_mean"] * r for p, r in pcts)
+                                             / max(1, sum(r for _, r in pcts)), 1),
+                    "sync_steps_max": max(p["sync_steps_max"] for p, _ in pcts),
+                    "runs_past_k": sum(p["runs_past_k"] for p, _ in pcts)}
+    # shards run side by side, each with its own clock: keep each one's timeline
+    m["timeline"] = []
+    m["shard_timelines"] = {s.get("shard", str(i)): s.get("timeline", [])
+                            for i, s in enumerate(summaries)}
     m["resources"] = {"peak_rss_mb": max(s["resources"]["peak_rss_mb"] for s in summaries),
                       "cpu_s": sum(s["resources"]["cpu_s"] for s in summaries)}
     return m
@@ -109,6 +121,8 @@ def render_markdown(summaries: list[dict], out: Path) -> str:
                      f"{allowed} | {hittable} |")
     lines += ["", "## BUSY by source", "", "| source | count |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["busy"].items()] or ["| none | 0 |"]
+    from .confidence import confidence_text
+    lines += ["", "## Confidence", ""] + confidence_text(s)
     lines += ["", "## Findings", ""]
     if not s["findings"]:
         lines.append("None.")
@@ -121,21 +135,13 @@ def render_markdown(summaries: list[dict], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def junit_xml(s: dict) -> str:
-    """One test case per distinct finding (a failure) and one for the clean remainder;
-    names are the signatures, so they are unique and stable across runs."""
-    suite = ET.Element("testsuite", name=f"tdx-stress.{s['variant']}",
-                       tests=str(len(s["findings"]) + 1), failures=str(len(s["findings"])),
-                       errors="0", skipped="0", time=f"{s['elapsed_s']:.3f}")
-    for f in s["findings"]:
-        case = ET.SubElement(suite, "testcase", classname=f"tdx-stress.{s['variant']}",
-                             name=f["signature"], time="0")
-        fail = ET.SubElement(case, "failure", message=f["message"][:500], type=f["kind"])
-        fail.text = (f"{f['kind']} path={f['path']} row={f['row']} in {f['count']} run(s), "
-                     f"first seed {f['first_seed']}\nreplay: tdx-stress replay "
-                     f"{f['repro']}\n")
-    ET.SubElement(suite, "testcase", classname=f"tdx-stress.{s['variant']}",
-                  name=f"clean remainder ({s['runs']} runs)", time=f"{s['elapsed_s']:.3f}")
-    suites = ET.Element("testsuites")
-    suites.append(suite)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+def write_reports(summary: dict, out: Path, junit: Path | None = None) -> None:
+    """Write ``report.md`` and ``junit.xml`` for ``summary`` into the run directory
+    ``out`` (and the JUnit file also to ``junit`` when given).  The one place the CLI,
+    the pytest plugin and ``tdx-stress report`` render a run."""
+    from .junit import junit_xml
+    (out / "report.md").write_text(render_markdown([summary], out))
+    text = junit_xml(summary)
+    (out / "junit.xml").write_text(text)
+    if junit is not None:
+        Path(junit).write_text(text)

@@ -82,6 +82,7 @@ def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
         "seed": r.seed, "steps": r.steps, "rows": r.rows, "attr_changes": r.attr_changes,
         "busy": r.busy, "findings": [f.to_dict() for f in r.findings], "counts": r.counts,
         "repros": repros, "zero_step_arms": r.zero_step_arms, "vm_bugged": r.vm_bugged,
+        "threads": len(r.threads), "pct_k": r.pct_k, "sync_steps": r.sync_steps,
     }
 
 
@@ -103,6 +104,7 @@ def shrink_task(repro: dict, max_runs: int) -> dict:
 
 
 # ---------------------------------------------------------------------- parent side
+TIMELINE_MAX = 720
 @dataclass
 class CampaignSpec:
     config: RunConfig
@@ -150,6 +152,13 @@ class Totals:
     busy: dict[str, int] = field(default_factory=dict)
     zero_step_arms: int = 0
     seeds_done: list[int] = field(default_factory=list)
+    # what the PCT bound of the report needs: the most threads a run had, PCT's k, and
+    # how many runs took more SEAMCALL windows than k (their tail got no change point)
+    threads_max: int = 0
+    pct_k_max: int = 0
+    sync_steps_sum: int = 0
+    sync_steps_max: int = 0
+    runs_past_k: int = 0
 
 
 class Campaign:
@@ -171,6 +180,9 @@ class Campaign:
         self.peak_rss = 0
         self.cpu_s = 0.0
         self.samples: list[dict] = []
+        # (elapsed, runs, findings, rss) every 2 s, for the report's plots; halved
+        # (every other point dropped) whenever it reaches TIMELINE_MAX points
+        self.timeline: list[dict] = []
         self.errors: list[str] = []
         self.worker_restarts = 0
         (out / "findings").mkdir(parents=True, exist_ok=True)
@@ -204,6 +216,12 @@ class Campaign:
             "busy": dict(sorted(t.busy.items())),
             "zero_step_arms": t.zero_step_arms,
             "seeds": _ranges(sorted(t.seeds_done)),
+            "threads_max": t.threads_max,
+            "pct": ({"k": t.pct_k_max, "depth": cfg.depth,
+                     "sync_steps_mean": round(t.sync_steps_sum / max(t.runs, 1), 1),
+                     "sync_steps_max": t.sync_steps_max, "runs_past_k": t.runs_past_k}
+                    if t.pct_k_max else None),
+            "timeline": self.timeline,
             "findings": [f.to_dict() for f in sorted(self.findings.values(),
                                                      key=lambda f: f.first_seed)],
             "errors": self.errors,
@@ -227,6 +245,12 @@ class Campaign:
             t.rows[i] += s["rows"][i]
         t.attr_changes += s["attr_changes"]
         t.zero_step_arms += s["zero_step_arms"]
+        t.threads_max = max(t.threads_max, s["threads"])
+        if s["pct_k"]:
+            t.pct_k_max = max(t.pct_k_max, s["pct_k"])
+            t.sync_steps_sum += s["sync_steps"]
+            t.sync_steps_max = max(t.sync_steps_max, s["sync_steps"])
+            t.runs_past_k += s["sync_steps"] > s["pct_k"]
         for k, v in s["busy"].items():
             t.busy[k] = t.busy.get(k, 0) + v
         stop = hunt_stop(self.spec.config.variant)
@@ -296,6 +320,11 @@ class Campaign:
                 continue
         self.peak_rss = max(self.peak_rss, rss)
         self.cpu_s = max(self.cpu_s, cpu)
+        self.timeline.append({"elapsed_s": round(time.monotonic() - self.t0, 1),
+                              "runs": self.totals.runs, "findings": len(self.findings),
+                              "rss_mb": round(rss / 2**20, 1), "cpu_s": round(cpu, 2)})
+        if len(self.timeline) >= TIMELINE_MAX:
+            self.timeline = self.timeline[::2]
         if self.spec.soak:
             sample = {"event": "resources", "elapsed_s": round(time.monotonic() - self.t0, 1),
                       "rss_mb": round(rss / 2**20, 1), "cpu_s": round(cpu, 2),

@@ -237,12 +237,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if tty and not args.quiet:
         sys.stdout.write("\n")
     summary = camp.summary()
-    from reports.render import junit_xml, render_markdown
-    (out / "report.md").write_text(render_markdown([summary], out))
-    junit = junit_xml(summary)
-    (out / "junit.xml").write_text(junit)
-    if args.junit:
-        Path(args.junit).write_text(junit)
+    from reports.render import write_reports
+    write_reports(summary, out, junit=Path(args.junit) if args.junit else None)
     if not args.quiet:
         print(text_summary(summary, out))
     if camp.interrupted:
@@ -338,7 +334,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.render import junit_xml, load_summary, merge_summaries, render_markdown
+    from reports.render import load_summary, merge_summaries, write_reports
     summaries = [load_summary(Path(d)) for d in args.dirs]
     merged = merge_summaries(summaries) if len(summaries) > 1 else summaries[0]
     out = Path(args.out) if args.out else Path(args.dirs[0])
@@ -349,11 +345,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from reports.render import copy_findings
         copy_findings([Path(d) for d in args.dirs], merged, out)
         (out / "summary.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
-    (out / "report.md").write_text(render_markdown([merged], out))
-    junit = junit_xml(merged)
-    (out / "junit.xml").write_text(junit)
-    if args.junit:
-        Path(args.junit).write_text(junit)
+    write_reports(merged, out, junit=Path(args.junit) if args.junit else None)
     print(text_summary(merged, out))
     return ExitCode.FINDING if merged["findings"] else ExitCode.OK
 

@@ -52,6 +52,8 @@ class RunResult:
     vm_bugged: bool = False
     preemptions: int = 0
     zero_step_arms: int = 0
+    pct_k: int = 0                   # PCT: the horizon its change points were drawn over
+    sync_steps: int = 0              # PCT: the steps of this run that count towards k
     vcpu_stats: list[dict] = field(default_factory=list)
 
     @property
@@ -155,6 +157,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
         vm_bugged=kvm.vm_bugged,
         preemptions=sched.preemptions if isinstance(sched, ControlledScheduler) else 0,
+        pct_k=strategy.max_steps if isinstance(strategy, PCTStrategy) else 0,
+        sync_steps=strategy.sync_steps if isinstance(strategy, PCTStrategy) else 0,
     )
 
 
