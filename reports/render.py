@@ -141,7 +141,7 @@ def write_reports(summary: dict, out: Path, junit: Path | None = None) -> None:
     the pytest plugin and ``tdx-stress report`` render a run."""
     from .junit import junit_xml
     (out / "report.md").write_text(render_markdown([summary], out))
-    text = junit_xml(summary)
+    text = junit_xml(summary, out)
     (out / "junit.xml").write_text(text)
     if junit is not None:
         Path(junit).write_text(text)
