@@ -29,6 +29,17 @@ SCHEMA = Path(__file__).with_name("schema") / "junit.xsd"
 def junit_xml(s: dict, out: Path | None = None) -> str:
     """The JUnit document of summary ``s``; repro paths are shown under ``out`` (the run
     directory) when given, else relative to it."""
+    suite = junit_suite(s, out)
+    n = int(suite.get("failures", "0"))
+    suites = ET.Element("testsuites", name="tdx-stress", tests=str(n + 1), failures=str(n),
+                        errors="0", time=f"{s['elapsed_s']:.3f}")
+    suites.append(suite)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def junit_suite(s: dict, out: Path | None = None) -> ET.Element:
+    """The ``<testsuite>`` of one campaign (see :func:`junit_xml`)."""
     variant = s["variant"]
     cls = f"tdx-stress.{variant}"
     n = len(s["findings"])
@@ -56,11 +67,7 @@ def junit_xml(s: dict, out: Path | None = None) -> str:
     ET.SubElement(ok, "system-out").text = (
         f"{s['runs']} runs of {variant}, base seed {s.get('base_seed')}; "
         f"{n} distinct finding(s)\n")
-    suites = ET.Element("testsuites", name="tdx-stress", tests=str(n + 1), failures=str(n),
-                        errors="0", time=f"{s['elapsed_s']:.3f}")
-    suites.append(suite)
-    ET.indent(suites)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+    return suite
 
 
 def _clean(text: str) -> str:
@@ -79,4 +86,4 @@ def validate(xml_text: str) -> None:
                          f"at {errors[0].path}")
 
 
-__all__ = ["junit_xml", "validate", "SCHEMA"]
+__all__ = ["junit_xml", "junit_suite", "validate", "SCHEMA"]

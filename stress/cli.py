@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from core import __version__
-from core.variants import VARIANTS, UnknownVariant
+from core.variants import AS_DESIGNED, VARIANTS, UnknownVariant
 from reports.render import ReportError
 
 from .config import MODES, STRATEGIES, ConfigError, RunConfig
@@ -142,15 +142,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 8, hunts at most 6x that)")
     t.add_argument("--workers", type=_positive_int, default=2)
     t.add_argument("--seed", default=None)
+    n = sub.add_parser("nightly", help="CI job: as-designed variants must stay clean, a "
+                                       "canary hunt must be caught")
+    n.add_argument("--variants", type=_variant_list, default=",".join(AS_DESIGNED),
+                   help=f"as-designed variants to run (default {','.join(AS_DESIGNED)})")
+    n.add_argument("--canary", default="hunt-d",
+                   help="a variant whose bug the job must catch, or 'none' (default hunt-d)")
+    nb = n.add_mutually_exclusive_group()
+    nb.add_argument("--duration", type=_seconds, default=None,
+                    help="seconds per as-designed variant (default 120)")
+    nb.add_argument("--seeds", type=_positive_int, default=None,
+                    help="seeds per as-designed variant instead of a duration")
+    n.add_argument("--canary-duration", type=_seconds, default=120.0,
+                   help="at most this many seconds to catch the canary (default 120)")
+    n.add_argument("--seed", default=None,
+                   help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
+    n.add_argument("--strategy", default="pct", choices=STRATEGIES)
+    n.add_argument("--depth", type=int, default=3)
+    n.add_argument("--busy-rate", type=float, default=0.0)
+    n.add_argument("--workers", type=_positive_int, default=1)
+    n.add_argument("--out", default=None,
+                   help="job directory (default ./tdx-stress-runs/<UTC>); keep it as the "
+                        "CI artifact")
+    n.add_argument("--junit", default=None, help="also write the job's JUnit XML here")
+    n.add_argument("-q", "--quiet", action="store_true")
+    n.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("variants", help="list the kernel variants and what each opens")
     return p
+
+
+def _variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one variant")
+    for x in names:
+        if x not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"unknown variant {x!r}; valid variants: "
+                                             f"{', '.join(VARIANTS)}")
+    return names
 
 
 # ---------------------------------------------------------------------- helpers
 def resolve_seed(flag: str | None) -> tuple[int, str]:
     """Flag, then environment, then fresh (PRACTICES: one documented precedence)."""
-    for source, text in (("--seed", flag), (f"${SEED_ENV}", os.environ.get(SEED_ENV))):
-        if text is None:
+    for source, text in (("--seed", flag), (f"${SEED_ENV}", os.environ.get(SEED_ENV) or None)):
+        if text is None:          # an empty $TDX_STRESS_SEED (a CI input left blank) is unset
             continue
         try:
             v = int(text, 0)
@@ -269,6 +305,54 @@ def text_summary(s: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
+    from .nightly import NightlySpec, run_nightly
+    canary = None if args.canary == "none" else args.canary
+    if canary is not None and canary not in VARIANTS:
+        raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
+                         f"{', '.join(VARIANTS)}, or none")
+    shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate)
+    RunConfig(**shared).validate()            # bad values: one sentence, before any run
+    seed, source = resolve_seed(args.seed)
+    duration = None if args.seeds else (args.duration or 120.0)
+    if args.out is not None and (Path(args.out) / "nightly.json").exists():
+        raise UsageError(f"{args.out} already holds a nightly job; give a new --out")
+    out = make_out_dir(args.out)
+    log = setup_logging(out, args.quiet, args.verbose, rotate=False)
+    spec = NightlySpec(base_seed=seed, variants=args.variants, canary=canary,
+                       duration=duration, seeds=args.seeds,
+                       canary_duration=args.canary_duration, workers=args.workers,
+                       config=shared)
+    budget = f"{args.seeds} seeds" if args.seeds else f"{duration:g} s"
+    log.info(f"tdx-stress {__version__}: nightly over {', '.join(args.variants)} ({budget} "
+             f"each), canary {canary or 'none'} (at most {args.canary_duration:g} s), base "
+             f"seed {seed} ({source}) -> {out}")
+    canary_on = [False]      # the canary's findings are expected: log them as info
+
+    def on_campaign(role: str) -> None:
+        canary_on[0] = role == "canary"
+    passed, interrupted, entries = run_nightly(
+        spec, out, argv,
+        log=lambda m: log.warning(m) if "finding" in m and not canary_on[0] else log.info(m),
+        progress=None if args.quiet else (lambda line: log.info(f"heartbeat {line}")),
+        on_campaign=on_campaign)
+    if args.junit:
+        Path(args.junit).write_text((out / "junit.xml").read_text())
+    for e in entries:
+        print(f"{e.role:>11} {e.variant:<14} {e.summary['runs']:>7} runs "
+              f"{e.summary['elapsed_s']:>7.1f} s  {'ok  ' if e.ok else 'FAIL'} {e.verdict}")
+        if e.role == "as-designed":
+            for f in e.summary["findings"]:
+                print(f"{'':>12}replay: tdx-stress replay {e.out / f['repro']}")
+    verdict = "PASSED" if passed else ("INTERRUPTED" if interrupted else "FAILED")
+    print(f"nightly {verdict}; job directory {out} (nightly.md, junit.xml)")
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    if any(e.summary["errors"] for e in entries):
+        return ExitCode.INTERNAL
+    return ExitCode.OK if passed else ExitCode.FINDING
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .repro import load_repro
     from .runner import run_seed
@@ -382,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "table":
             return cmd_table(args)
+        if args.command == "nightly":
+            return cmd_nightly(args, ["tdx-stress"] + argv)
         print(f"tdx-stress {__version__}")
         return cmd_variants()
     except (UsageError, ConfigError, UnknownVariant, ReproError, ReportError) as e:
