@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .sched import cpu_relax
+from .sched import cpu_relax, current
 from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
@@ -58,7 +58,9 @@ class ProgramGuest:
     def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> "GuestExit":
         from .kvm import GuestExit
         m = kvm.module
+        me = current()
         while self.rip < len(self.program):
+            me.item = self.rip         # the shrinker attributes steps to instructions
             if kvm.guest_check_exit(vcpu):
                 return GuestExit("kick", rip=self.rip)
             ins = self.program[self.rip]

@@ -39,7 +39,7 @@ class ThreadCtx:
 
     __slots__ = (
         "name", "index", "lock_mode", "rcu_depth", "rcu_sections", "row_stack",
-        "rows", "attr_changes", "vcpu", "op", "pending", "last_step",
+        "rows", "attr_changes", "vcpu", "op", "pending", "last_step", "item",
     )
 
     def __init__(self, name: str, index: int = 0) -> None:
@@ -55,6 +55,7 @@ class ThreadCtx:
         self.op: str = ""                   # label of the last operation taken
         self.pending: str = ""              # label of the operation it is waiting at
         self.last_step = 0                  # global step number of its last operation
+        self.item = -1                      # workload item it works on (guest RIP, zap op)
 
     def __repr__(self) -> str:
         return f"ThreadCtx({self.name!r})"

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("shrink", help="minimise a repro while the same finding fires")
     s.add_argument("file")
     s.add_argument("-o", "--out", required=True, help="where to write the shrunk repro")
-    s.add_argument("--max-runs", type=_positive_int, default=1500)
+    s.add_argument("--max-runs", type=_positive_int, default=3000,
+                   help="runs to spend at most (default 3000)")
     rp = sub.add_parser("report", help="render (and merge) run directories")
     rp.add_argument("dirs", nargs="+", metavar="DIR")
     rp.add_argument("-o", "--out", default=None,
@@ -355,19 +356,12 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .repro import load_repro
-    from .runner import run_seed
-    from .swimlane import render
+    from .swimlane import render, replay_repro
     rp = load_repro(args.file)
     ok = 0
     last = None
     for i in range(args.times):
-        stop = lambda f: f.signature == rp.signature  # noqa: E731
-        if rp.trace is not None:
-            r = run_seed(rp.config.with_(mode="controlled"), rp.seed, trace=rp.trace,
-                         workload=rp.workload, stop_on=stop)
-        else:
-            r = run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
-                         stop_on=stop)
+        r = replay_repro(rp)
         last = r
         hit = [f for f in r.findings if f.signature == rp.signature]
         if r.divergence:

@@ -83,6 +83,7 @@ class ControlledScheduler:
         self.record_steps = record_steps
         self.step = 0
         self.schedule: list[int] = []       # the thread chosen at every decision
+        self.items: list[int] = []          # with record_steps: the chosen thread's ctx.item
         self.steps: list[Step] = []
         self.threads: list[_Thread] = []
         self.current: _Thread | None = None
@@ -158,6 +159,8 @@ class ControlledScheduler:
                     idx = runnable[0].index
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
+                if self.record_steps:
+                    self.items.append(nxt.ctx.item if nxt.started else -1)
                 if me is not None and nxt is not me and me.label not in YIELD_HINTS \
                         and any(t is me for t in runnable):
                     # a switch at a spin hint is the thread yielding, not a preemption
@@ -357,6 +360,21 @@ class PCTStrategy(Strategy):
         self.priorities[index] = self._low
 
 
+def keep_running(sched: ControlledScheduler, runnable: list[int]) -> int:
+    """Lenient replay's choice where the schedule says nothing (it ended, or names a
+    thread that cannot run): no preemption, so the running thread goes on; but a thread
+    at a spin hint yields to the next runnable thread in index order, as a spinning CPU
+    lets the others progress.  (Keeping a spinner would livelock it into a false HANG
+    after thousands of steps, the shrinker's commonest waste.)"""
+    cur = sched.current
+    if cur is None or cur.index not in runnable:
+        return runnable[0]
+    if cur.label in YIELD_HINTS and len(runnable) > 1:
+        later = [i for i in runnable if i > cur.index]
+        return later[0] if later else runnable[0]
+    return cur.index
+
+
 class ReplayStrategy(Strategy):
     """Follow a recorded schedule exactly; diverge loudly if it cannot be followed.
 
@@ -377,13 +395,14 @@ class ReplayStrategy(Strategy):
         if self.pos >= len(self.schedule):
             if self.then is not None:
                 return self.then.choose(sched, runnable)
+            if self.lenient:
+                return keep_running(sched, runnable)
             cur = sched.current
             return cur.index if cur is not None and cur.index in runnable else runnable[0]
         want = self.schedule[self.pos]
         self.pos += 1
         if want not in runnable and self.lenient:
-            cur = sched.current
-            return cur.index if cur is not None and cur.index in runnable else runnable[0]
+            return keep_running(sched, runnable)
         if want in runnable:
             self.followed += 1
         if want not in runnable:
@@ -418,8 +437,7 @@ class RunReplayStrategy(Strategy):
             self.i += 1
             if self.i < len(self.runs):
                 self.left = self.runs[self.i][1]
-        cur = sched.current
-        return cur.index if cur is not None and cur.index in runnable else runnable[0]
+        return keep_running(sched, runnable)
 
 
 class ScriptStrategy(Strategy):

@@ -54,6 +54,7 @@ class RunResult:
     zero_step_arms: int = 0
     pct_k: int = 0                   # PCT: the horizon its change points were drawn over
     sync_steps: int = 0              # PCT: the steps of this run that count towards k
+    decision_items: list[int] = field(default_factory=list)  # record_steps: see shrink.py
     vcpu_stats: list[dict] = field(default_factory=list)
 
     @property
@@ -159,6 +160,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         preemptions=sched.preemptions if isinstance(sched, ControlledScheduler) else 0,
         pct_k=strategy.max_steps if isinstance(strategy, PCTStrategy) else 0,
         sync_steps=strategy.sync_steps if isinstance(strategy, PCTStrategy) else 0,
+        decision_items=list(sched.items) if isinstance(sched, ControlledScheduler) else [],
     )
 
 

@@ -10,7 +10,13 @@ none helps or the budget is spent:
 1. truncate: the shortest schedule prefix that, run on without preemption, still fires;
 2. drop whole threads (their decisions go, later thread indices shift down);
 3. drop zapper operations, guest instructions and initial pages (ddmin chunks);
-4. delete context switches: drop runs of the schedule, in halving chunks (ddmin).
+4. delete context switches: drop runs of the schedule, in halving chunks (ddmin);
+5. when none of these helps any more: re-search, i.e. fresh PCT and random schedules of
+   the (now small) workload until one fires with fewer preemptions and steps, and go
+   round again from it.  Edits keep a schedule's shape; a race that needs a long setup
+   (zero-step: six EPT violations in one memslot window) is stuck in that shape, while
+   on a small workload a fresh schedule finds a shorter way in (hunt-a1's first find:
+   1 in about 700 fresh schedules fired in about half the steps).
 
 The kept candidate's *recorded* schedule (what actually ran) is what the new repro
 holds, so it replays exactly, not leniently.
@@ -26,6 +32,8 @@ from .controlled import PCTStrategy, RandomStrategy, RunReplayStrategy, Strategy
 from .repro import Repro, make_repro
 from .runner import RunResult, run_seed
 from .workload import Workload
+
+RESEARCH = 800     # fresh schedules per re-search pass
 
 
 @dataclass
@@ -49,7 +57,7 @@ def size_of(r: RunResult, w: Workload) -> Size:
 
 
 class Shrinker:
-    def __init__(self, repro: Repro, *, max_runs: int = 1500, search: int = 4) -> None:
+    def __init__(self, repro: Repro, *, max_runs: int = 3000, search: int = 4) -> None:
         self.search = search
         self.best_steps = 0
         self.repro = repro
@@ -109,6 +117,12 @@ class Shrinker:
                     w, best = got
                     self.best_steps = best.steps
                     improved = True
+            if not improved:
+                got = self._research(w, best)
+                if got is not None:
+                    w, best = got
+                    self.best_steps = best.steps
+                    improved = True
         after = size_of(best, w)
         hit = next(f for f in best.findings if f.signature == self.signature)
         cfg = self.cfg.with_(vcpus=max(1, len(w.programs)), zappers=len(w.zaps))
@@ -124,6 +138,27 @@ class Shrinker:
         new, old = size_of(r, w), size_of(best, bw)
         return (new.preemptions <= old.preemptions and new.steps <= old.steps
                 and new.key() < old.key())
+
+    def _research(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
+        """Fresh schedules for the workload as it is now, until one is better (at most
+        RESEARCH runs a time: a race that is already small rarely gets smaller)."""
+        cfg = self.cfg.with_(vcpus=max(1, len(w.programs)), zappers=len(w.zaps))
+        stop = lambda f: f.signature == self.signature  # noqa: E731
+        horizon = max(20, 3 * sum(map(len, w.zaps)) + 3 * sum(map(len, w.programs)))
+        end = min(self.max_runs, self.runs + RESEARCH)
+        while self.runs < end:
+            self.runs += 1
+            rng = random.Random(f"tdx-stress:research:{self.seed}:{self.runs}")
+            # depths 1..4 in turn, every fifth a uniform random walk
+            strategy: Strategy = (RandomStrategy(rng) if self.runs % 5 == 0 else
+                                  PCTStrategy(rng, depth=1 + self.runs % 4, max_steps=horizon,
+                                              sync=is_sync))
+            r = run_seed(cfg, self.seed, workload=w, strategy=strategy, stop_on=stop,
+                         record_steps=True, step_limit=self.best_steps + 1)
+            if any(f.signature == self.signature for f in r.findings) and \
+                    self._better(r, w, best, w):
+                return w, r
+        return None
 
     def _truncate(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
         """Keep a prefix of the schedule and let the rest run without preemption (lenient
@@ -202,12 +237,15 @@ class Shrinker:
 
     def _operations(self, w: Workload, best: RunResult) -> tuple[Workload, RunResult] | None:
         """Drop zapper operations, guest instructions and initial pages, in halving
-        chunks over all of them at once (ddmin)."""
-        return self._ddmin(
-            self._items(w), w, best,
-            lambda w, best, kept: (self._without(w, set(self._items(w)) - set(kept)),
-                                   best.schedule),
-            lambda w, _r: self._items(w), search=self.search)
+        chunks over all of them at once (ddmin).  The decisions the dropped items took
+        go with them (:func:`aligned`), so every other thread still meets the others
+        where it did: a vCPU's six zero-step rounds against a memslot window survive
+        the loss of the instructions before them."""
+        def candidate(w: Workload, best: RunResult, kept: list) -> tuple[Workload, list[int]]:
+            drop = set(self._items(w)) - set(kept)
+            return self._without(w, drop), aligned(best, len(w.programs), drop)
+        return self._ddmin(self._items(w), w, best, candidate,
+                           lambda w, _r: self._items(w), search=self.search)
 
     @staticmethod
     def _items(w: Workload) -> list[tuple[str, int, int]]:
@@ -226,7 +264,23 @@ class Shrinker:
         return Workload(initial, progs, zaps)
 
 
-def shrink_repro(repro: Repro, max_runs: int = 1500) -> tuple[dict, Size, Size, int]:
+def aligned(r: RunResult, vcpus: int, drop: set[tuple[str, int, int]]) -> list[int]:
+    """``r``'s schedule without the decisions that served a dropped workload item.
+
+    Thread t < ``vcpus`` is vCPU t (its items are guest instructions, ``("p", t, rip)``);
+    the others are zappers (``("z", t - vcpus, k)``).  Each decision records the item its
+    thread was working on (``ThreadCtx.item``); without that record (a run not recorded
+    step by step) the schedule is returned unchanged."""
+    if len(r.decision_items) != len(r.schedule):
+        return list(r.schedule)
+
+    def item(t: int, k: int) -> tuple[str, int, int]:
+        return ("p", t, k) if t < vcpus else ("z", t - vcpus, k)
+    return [t for t, k in zip(r.schedule, r.decision_items, strict=True)
+            if k < 0 or item(t, k) not in drop]
+
+
+def shrink_repro(repro: Repro, max_runs: int = 3000) -> tuple[dict, Size, Size, int]:
     s = Shrinker(repro, max_runs=max_runs)
     out, before, after = s.shrink()
     return out, before, after, s.runs

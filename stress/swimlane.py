@@ -90,3 +90,28 @@ def render(steps: list[Step], threads: list[str], finding: Finding | None = None
         lines.append(f">{end:>5} | " + " | ".join(f"{c:<{width}}" for c in cells))
         lines.append(f"        {finding.kind}: {finding.message.splitlines()[0]}")
     return "\n".join(lines)
+
+
+def replay_repro(rp, *, record_steps: bool = True):
+    """Replay a loaded repro the way ``tdx-stress replay`` does: a free run's trace under
+    the controlled scheduler, else its schedule; stop at its finding."""
+    from .runner import run_seed
+    stop = lambda f: f.signature == rp.signature  # noqa: E731
+    if rp.trace is not None:
+        return run_seed(rp.config.with_(mode="controlled"), rp.seed, trace=rp.trace,
+                        workload=rp.workload, stop_on=stop, record_steps=record_steps)
+    return run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
+                    stop_on=stop, record_steps=record_steps)
+
+
+def lane_for_repro(repro: dict, last: int = 40) -> str | None:
+    """The swim lane of a repro (a ``tdx-stress/repro/1`` dict), or None when its replay
+    diverges or does not fire the finding."""
+    from .repro import Repro
+    rp = Repro(repro)
+    r = replay_repro(rp)
+    hit = next((f for f in r.findings if f.signature == rp.signature), None)
+    if r.divergence or hit is None:
+        return None
+    return render(r.step_log, r.threads, hit, last=last)
+

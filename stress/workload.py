@@ -182,7 +182,10 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
         current().vcpu = v
         guest = ProgramGuest(program)
         rip, stuck = guest.rip, 0
+        me = current()
+        me.item = rip
         while kvm.vcpu_enter_guest(v, guest) and not guest.done:
+            me.item = guest.rip        # exit handling serves the instruction at RIP
             if guest.rip != rip:
                 rip, stuck = guest.rip, 0
                 continue
@@ -200,6 +203,8 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
 
 def zapper_role(kvm: Kvm, script: tuple[tuple, ...]):
     def body() -> None:
-        for op in script:
+        me = current()
+        for k, op in enumerate(script):
+            me.item = k
             run_zap_op(kvm, op)
     return body

@@ -321,3 +321,21 @@ def test_run_shrink_flag_keeps_a_shrunk_first_repro(tmp_path):
     assert "shrunk_from" in rp.raw
     assert rp.raw["size"]["steps"] <= rp.raw["shrunk_from"]["steps"]
     assert tdx("replay", out / f["repro"], "--lanes", 0).returncode == 1
+
+
+def test_run_stores_each_findings_swim_lane_for_the_reports(tmp_path):
+    """The campaign draws every kept finding's lane beside its repro; report.html and
+    report.md show it without running the machine themselves."""
+    out = tmp_path / "run"
+    r = tdx("run", "--variant", "hunt-d", "--seeds", 24, "--seed", 0, "--out", out, "-q")
+    assert r.returncode == 1, r.stderr
+    s = summary(out)
+    assert s["findings"]
+    html = (out / "report.html").read_text()
+    for f in s["findings"]:
+        lane = (out / f["repro"]).with_suffix(".lane.txt")
+        text = lane.read_text()
+        marked = [ln for ln in text.splitlines() if ln.startswith(">")]
+        assert marked and f["kind"] in text, text
+        assert marked[0].split("|")[0].strip("> ").strip() in html
+    assert "No swim lane stored" not in html
