@@ -4,6 +4,18 @@
 violations each become a :class:`Finding` with a stable signature (no addresses, steps or
 thread names in it, so the same bug found by two seeds dedupes), a kind, the scenario row
 and hunt path it belongs to, a message, and the context of the thread that hit it.
+
+**The first bug is the finding.**  ``KVM_BUG_ON()`` and ``TDX_BUG_ON()`` warn only while
+the VM is not yet bugged (include/linux/kvm_host.h, ``KVM_BUG_ON``:
+``WARN_ON_ONCE(__ret && !(kvm)->vm_bugged)``), and a broken invariant means the machine
+is in a state no correct kernel reaches.  So the first report of a run that bugs the VM
+(``KVM_BUG_ON``, ``TDX_BUG_ON``, ``BUG``) or breaks an invariant becomes the run's *root*
+finding, and everything reported after it in that run (more BUG_ONs, invariant breaks,
+a use-after-free at teardown, a hang) is kept inside the root as its ``consequences``,
+not as findings of its own: what a bugged VM does next is not a second bug.  The same
+holds one level down for lockdep: the assertions nested inside one SPTE change that
+already failed one (``tdh_do_no_vcpus`` and ``tdx_track`` inside a removal under the
+read lock) are consequences of the first.
 """
 from __future__ import annotations
 
@@ -14,6 +26,9 @@ from typing import Callable
 from .sched import ThreadCtx
 
 KINDS = ("KVM_BUG_ON", "TDX_BUG_ON", "WARN", "BUG", "LOCKDEP", "INVARIANT", "DEADLOCK", "HANG")
+# Kinds after which the VM is bugged (or the machine broken): the run's root finding.
+ROOT_KINDS = frozenset({"KVM_BUG_ON", "TDX_BUG_ON", "BUG", "INVARIANT"})
+MAX_CONSEQUENCES = 50      # kept per root finding; ``consequences_total`` counts them all
 
 # MODEL §5: the row a hunt path opens; the path label of a finding comes from its row.
 ROW_PATH = {2: "a1", 4: "a2", 9: "b", 11: "c", 13: "d"}
@@ -29,6 +44,22 @@ class Finding:
     step: int = 0
     thread: str = ""
     context: dict = field(default_factory=dict)
+    # what the run reported after this, its root finding (see the module docstring):
+    # {kind, where, message, step, thread, signature}, at most MAX_CONSEQUENCES of them
+    consequences: list[dict] = field(default_factory=list)
+    consequences_total: int = 0
+
+    def add_consequence(self, f: "Finding", same_change: bool) -> None:
+        """Keep ``f`` as a consequence; ``same_change``: it was reported by the same
+        thread inside the same top-level SPTE change as this finding (the failure
+        that this finding is the first report of, e.g. the KVM_BUG_ON in
+        handle_changed_spte() that follows a TDX_BUG_ON in the hook it called)."""
+        self.consequences_total += 1
+        if len(self.consequences) < MAX_CONSEQUENCES:
+            self.consequences.append({"kind": f.kind, "where": f.where, "row": f.row,
+                                      "path": f.path, "message": f.message, "step": f.step,
+                                      "thread": f.thread, "signature": f.signature,
+                                      "same_change": same_change})
 
     @property
     def signature(self) -> str:
@@ -54,6 +85,7 @@ class Recorder:
         self._step_of = step_of
         self.listeners: list[Callable[[Finding], None]] = []
         self.closed = False   # the run was stopped: later reports are unwinding noise
+        self.root: Finding | None = None      # the run's first bug (module docstring)
 
     def report(self, kind: str, where: str, message: str, ctx: ThreadCtx,
                row: int | None = None, path: str | None = None) -> Finding:
@@ -69,11 +101,34 @@ class Recorder:
                     context={"mmu_lock": ctx.lock_mode, "rcu_depth": ctx.rcu_depth,
                              "op": ctx.op, "rows": list(ctx.row_stack)})
         with self._lock:
+            parent = self.root
+            if parent is None and kind == "LOCKDEP" and ctx.row_stack:
+                parent = ctx.lockdep_open
+            if parent is not None:
+                parent.add_consequence(f, bool(ctx.row_stack) and ctx.change_root is parent)
+                added = parent
+            else:
+                added = None
+        if added is not None:
+            for listener in list(self.listeners):
+                listener(added)
+            return f
+        with self._lock:
             sig = f.signature
             n = self.counts.get(sig, 0)
             self.counts[sig] = n + 1
             if n == 0:
                 self.findings.append(f)
+            else:
+                # the same signature again (a LOCKDEP of the same path in a later SPTE
+                # change): count it, keep the first record
+                f = next(x for x in self.findings if x.signature == sig)
+            if kind in ROOT_KINDS:
+                self.root = f
+                if ctx.row_stack:
+                    ctx.change_root = f
+            elif kind == "LOCKDEP" and ctx.row_stack:
+                ctx.lockdep_open = f
         for listener in list(self.listeners):
             listener(f)
         return f
@@ -87,3 +142,7 @@ class Recorder:
     def of(self, kind: str, path: str | None = None) -> list[Finding]:
         return [f for f in self.findings
                 if f.kind == kind and (path is None or f.path == path)]
+
+    def consequences(self) -> list[dict]:
+        """Everything reported after the root finding, in order."""
+        return [c for f in self.findings for c in f.consequences]

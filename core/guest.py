@@ -56,6 +56,8 @@ class ProgramGuest:
         return self.rip >= len(self.program)
 
     def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> "GuestExit":
+        """Run the guest's instructions until an exit; a PENDING page raises #VE and the
+        #VE handler accepts it (see SOURCES.md: a Linux TD differs, issue 10)."""
         from .kvm import GuestExit
         m = kvm.module
         me = current()
@@ -110,7 +112,8 @@ class ProgramGuest:
             if status(err) == TDX_PAGE_SIZE_MISMATCH and level > PG_LEVEL_4K:
                 level, base = PG_LEVEL_4K, gfn
                 continue
-            return GuestExit("ept", gfn, level, self.rip)
+            # async_tdexit_ept_violation(): an EPT-violation exit of type ACCEPT
+            return GuestExit("ept", gfn, level, self.rip, accept=True)
         return GuestExit("kick", rip=self.rip)
 
     def _shared_mapped(self, kvm: "Kvm", gfn: int) -> bool:

@@ -40,8 +40,9 @@ IN_GUEST_MODE = "IN_GUEST_MODE"
 
 # Deliberately broken models, for proving the invariant checker catches what it must:
 # each breaks KVM and, where the module would refuse, the module's own check too.
-MUTATIONS = frozenset({"parent_before_children", "leave_frozen", "remove_without_track",
-                       "reclaim_with_hkid"})
+# (No "parent table before children" mutation: no modelled kernel issues
+# TDH.MEM.SEPT.REMOVE, the only call that order applies to; SOURCES.md.)
+MUTATIONS = frozenset({"leave_frozen", "remove_without_track", "reclaim_with_hkid"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class GuestExit:
     level: int = PG_LEVEL_4K
     rip: int | None = None
     private: bool = True
+    accept: bool = False      # the EPT violation of a TDG.MEM.PAGE.ACCEPT, not of an access
 
 
 class Guest(Protocol):
@@ -81,6 +83,9 @@ class KvmVcpu:
         self.mode = OUTSIDE_GUEST_MODE
         self.outside_count = 0      # times it went back to OUTSIDE_GUEST_MODE
         self.requests: set[str] = set()
+        # An IPI sent to this CPU while the vCPU was in guest mode: it forces the guest
+        # out and is gone (hardware, not a KVM request).
+        self.ipi_pending = False
         self.thread: str = ""
         self.stats = {"entries": 0, "busy_enter": 0, "ept": 0, "kicks": 0, "zap_wait": 0,
                       "faults": 0, "fault_retries": 0}
@@ -139,6 +144,7 @@ class Kvm:
         self._mark_bugged()
 
     def kvm_bug_on_if(self, cond: bool, where: str, message: str) -> bool:
+        """KVM_BUG_ON(cond, kvm): report when ``cond`` holds; returns ``cond``."""
         if cond:
             self.kvm_bug_on(where, message)
         return cond
@@ -175,6 +181,7 @@ class Kvm:
 
     # ------------------------------------------------------------------ guest_memfd
     def region_of(self, gfn: int) -> MemRegion | None:
+        """gfn_to_memslot(), over the model's fixed regions."""
         for r in self.regions:
             if gfn in r:
                 return r
@@ -220,6 +227,7 @@ class Kvm:
         self.sched.op("kvm_mmu_invalidate_begin", (start, end), step)
 
     def kvm_mmu_invalidate_end(self, start: int, end: int) -> None:
+        """kvm_mmu_invalidate_end(): bump the sequence count, end the range."""
         def step() -> None:
             self.mmu_invalidate_seq += 1
             self.mmu_invalidate_in_progress -= 1
@@ -272,8 +280,9 @@ class Kvm:
 
     def tdx_handle_ept_violation(self, vcpu: KvmVcpu, exit: GuestExit) -> int:
         """tdx_handle_ept_violation(): fault in, retrying locally without re-entering
-        the guest while the fault says RETRY, unless the vCPU has events pending or the
-        VM is dead."""
+        the guest while the fault says RETRY, until the VM is dead or the memslot is
+        being deleted (private GPAs only: "Only private GPA triggers zero-step
+        mitigation")."""
         assert exit.gfn is not None
         while True:
             vcpu.stats["faults"] += 1
@@ -295,9 +304,12 @@ class Kvm:
                 vcpu.stats["slot_invalid"] = vcpu.stats.get("slot_invalid", 0) + 1
                 cpu_relax(self.sched, "cond_resched")
                 return ret
-            pending = self.sched.op("kvm_vcpu_has_events", vcpu.vcpu_id,
-                                    lambda: bool(vcpu.requests) or self.vm_dead)
-            if pending:
+            # "if (kvm_vcpu_has_events(vcpu) || signal_pending(current)) break;": the
+            # model has no interrupts, NMIs or SMIs to deliver, and a kick is no
+            # event (KVM_REQ_OUTSIDE_GUEST_MODE leaves nothing behind), so only a dead
+            # VM ends the loop here ("if (kvm_test_request(KVM_REQ_VM_DEAD, vcpu))").
+            if self.sched.op("kvm_test_request(KVM_REQ_VM_DEAD)", vcpu.vcpu_id,
+                             lambda: KVM_REQ_VM_DEAD in vcpu.requests):
                 return ret
             cpu_relax(self.sched, "cond_resched")
 
@@ -307,19 +319,29 @@ class Kvm:
             vcpu.mode = mode
             if mode == OUTSIDE_GUEST_MODE:
                 vcpu.outside_count += 1
+                vcpu.ipi_pending = False    # delivered to the host, where it does nothing
         self.sched.op("vcpu->mode", (vcpu.vcpu_id, mode), step)
 
     def kvm_make_all_cpus_request(self, req: str) -> None:
-        """kvm_make_all_cpus_request(): set ``req`` on every vCPU and wait until each one
-        that was in guest mode has left it (the IPI was acknowledged)."""
+        """kvm_make_all_cpus_request(): post ``req`` to every vCPU, IPI each one that is
+        in guest mode, and wait until each of those has left it (KVM_REQUEST_WAIT).
+
+        ``KVM_REQ_OUTSIDE_GUEST_MODE`` is ``KVM_REQUEST_NO_ACTION``: kvm_make_vcpu_request()
+        sets no request bit for it (``if (likely(!(req & KVM_REQUEST_NO_ACTION)))
+        __kvm_make_request(req, vcpu)``), so the kick leaves nothing behind: it only
+        forces the vCPUs out of guest mode.  A vCPU already outside guest mode (in its
+        fault-retry loop, say) gets no IPI and is not disturbed."""
         me = current()
         vcpu_self = me.vcpu
+        no_action = req == KVM_REQ_OUTSIDE_GUEST_MODE
 
         def request() -> list[tuple[KvmVcpu, int]]:
             targets = []
             for v in self.vcpus:
-                v.requests.add(req)
+                if not no_action:
+                    v.requests.add(req)
                 if v.mode == IN_GUEST_MODE and v is not vcpu_self:
+                    v.ipi_pending = True
                     targets.append((v, v.outside_count))
                     v.stats["kicks"] += 1
             return targets
@@ -333,8 +355,10 @@ class Kvm:
             me.pending = ""
 
     def guest_check_exit(self, vcpu: KvmVcpu) -> bool:
-        """Inside the guest: is an IPI or request pending (the CPU takes the exit)?"""
-        return self.sched.op("guest.irq_pending", vcpu.vcpu_id, lambda: bool(vcpu.requests))
+        """Inside the guest: is an IPI pending (the CPU takes the exit) or a request
+        posted that one would have come with?"""
+        return self.sched.op("guest.irq_pending", vcpu.vcpu_id,
+                             lambda: vcpu.ipi_pending or bool(vcpu.requests))
 
     def vcpu_enter_guest(self, vcpu: KvmVcpu, guest: Guest) -> bool:
         """One trip of vcpu_enter_guest() with tdx_vcpu_run() and the exit handler.
@@ -371,8 +395,9 @@ class Kvm:
         else:
             vcpu.stats["entries"] += 1
             exit = guest.run(self, vcpu)
-            m.td_exit(vcpu.vcpu_id, exit.gfn if exit.reason == "ept" and exit.private else None,
-                      exit.rip)
+            # only a hardware EPT violation on a private GPA feeds zero-step accounting
+            stepping = exit.reason == "ept" and exit.private and not exit.accept
+            m.td_exit(vcpu.vcpu_id, exit.gfn if stepping else None, exit.rip)
         self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
         if exit.reason == "ept":
             vcpu.stats["ept"] += 1
@@ -384,9 +409,9 @@ class Kvm:
         return exit.reason != "done"
 
     def _take_requests(self, vcpu: KvmVcpu) -> set[str]:
-        reqs = set(vcpu.requests)
-        vcpu.requests.discard(KVM_REQ_OUTSIDE_GUEST_MODE)
-        return reqs
+        """kvm_check_request() of the requests the model posts (only KVM_REQ_VM_DEAD,
+        which stays set: the VM stays dead)."""
+        return set(vcpu.requests)
 
     # ------------------------------------------------------------------ zapper paths
     def _ioctl_alive(self) -> bool:
@@ -409,9 +434,9 @@ class Kvm:
             self.mmu_lock.write_unlock()
 
     def kvm_gmem_punch_hole(self, start: int, end: int) -> None:
-        """guest_memfd FALLOC_FL_PUNCH_HOLE: zap the private range, free its pages."""
-        if not self._ioctl_alive():
-            return
+        """guest_memfd FALLOC_FL_PUNCH_HOLE (kvm_gmem_punch_hole()): zap the private range,
+        free its pages.  A file operation, not a VM ioctl: it runs on a bugged VM too
+        (no vm_dead check on the path down to the S-EPT removal)."""
         self.kvm_mmu_invalidate_begin(start, end)
         self._zap_range(start, end, private=True)
 
@@ -486,30 +511,44 @@ class Kvm:
             self.mmu_lock.write_unlock()
 
     def kvm_zap_table(self, gfn: int) -> bool:
-        """Zap the 4K table under a 2M range (hugepage RFC, row 14, write lock);
-        hunt-d: with the atomic setter under the read lock (row 13)."""
-        if not self.variant.hugepages or not self._ioctl_alive():
+        """hunt-d's what-if: zap the mirror table under a 2M range with the atomic setter
+        under the read lock (row 13).  As designed no path does anything like it: "KVM
+        doesn't (yet) zap page table pages in mirror page table while TD is active"
+        (tdx_sept_free_private_spt), so in every other variant this does nothing."""
+        if self.variant.hunt != "d" or not self._ioctl_alive():
             return False
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
         end = base + 512
-        shared = self.variant.hunt == "d"
         self.kvm_mmu_invalidate_begin(base, end)
-        self.mmu_lock.lock("read" if shared else "write")
+        self.mmu_lock.read_lock()
         try:
-            return self.mmu.tdp_mmu_zap_table(self.mmu.mirror_root, base, PG_LEVEL_2M, shared)
+            return self.mmu.tdp_mmu_zap_table(self.mmu.mirror_root, base, PG_LEVEL_2M)
         finally:
-            self.mmu_lock.unlock()
+            self.mmu_lock.read_unlock()
             self.kvm_mmu_invalidate_end(base, end)
 
     def kvm_prefault(self, gfn: int) -> int:
-        """KVM_PRE_FAULT_MEMORY (kvm_tdp_map_page): as designed under the read lock.
-        hunt-a1: installs the leaf with the plain setter under the write lock (row 2)
-        once the tables above it exist (linking them stays as designed)."""
-        if not self._ioctl_alive():
-            return RET_PF_RETRY
-        if self.variant.hunt == "a1" and self._tables_present(gfn, PG_LEVEL_4K):
-            return self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K, write_lock=True)
-        return self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_2M)
+        """KVM_PRE_FAULT_MEMORY: kvm_tdp_map_page(), which retries the fault for as long
+        as it says RET_PF_RETRY (``do { ... } while (r == RET_PF_RETRY)``), stopping on a
+        dead VM (``kvm_test_request(KVM_REQ_VM_DEAD)``) and, since the memslot-deletion
+        fix, on a memslot being deleted (-EAGAIN).  Coming back for the entry matters:
+        a host SEAMCALL that met a guest's ACCEPT set the entry's host-priority bit,
+        and only a host's next acquisition clears it.  As designed under the read lock;
+        hunt-a1: the leaf is installed with the plain setter under the write lock
+        (row 2) once the tables above it exist (linking them stays as designed)."""
+        while True:
+            if not self._ioctl_alive():
+                return RET_PF_RETRY
+            if self.variant.hunt == "a1" and self._tables_present(gfn, PG_LEVEL_4K):
+                r = self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K, write_lock=True)
+            else:
+                r = self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_2M)
+            if r != RET_PF_RETRY:
+                return r
+            if self.sched.op("kvm_faultin_pfn:slot", gfn,
+                             lambda: any(s <= gfn < e for s, e in self.invalid_slots)):
+                return r        # -EAGAIN: userspace is deleting the memslot
+            cpu_relax(self.sched, "cond_resched")
 
     def kvm_populate_tables(self, gfn: int) -> bool:
         """Pre-populate the mirror tables down to the 4K table for ``gfn`` (as designed:
@@ -557,9 +596,12 @@ class Kvm:
         """Teardown, vCPUs gone: close guest_memfd (every private leaf removed while the
         TD has its key), release the HKID, zap the roots (S-EPT tables reclaimed)."""
         end = max(r.base + r.npages for r in self.regions)
+        self.module.phase = "teardown"      # accounting only: SEAMCALLs by phase
         self.mmu_lock.write_lock()
         try:
-            if self.module.hkid_assigned and not self.vm_bugged:
+            # kvm_gmem_release(): no vm_bugged check, the leaves go even from a bugged
+            # VM (whose later failures no longer warn)
+            if self.module.hkid_assigned:
                 self.mmu.tdp_mmu_zap_leafs(self.mmu.mirror_root, 0, end)
         finally:
             self.mmu_lock.write_unlock()
@@ -572,9 +614,4 @@ class Kvm:
         finally:
             self.mmu_lock.write_unlock()
         self.rcu.rcu_barrier()
-
-
-def new_kvm(variant: str = "hugepage-rfc", **kw: object) -> Kvm:
-    """Convenience for tests and examples: ``new_kvm("v6.19", nr_vcpus=1)``."""
-    return Kvm(variant, **kw)  # type: ignore[arg-type]
 

@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from typing import Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -39,7 +39,8 @@ class ThreadCtx:
 
     __slots__ = (
         "name", "index", "lock_mode", "rcu_depth", "rcu_sections", "row_stack",
-        "rows", "attr_changes", "vcpu", "op", "pending", "last_step", "item",
+        "rows", "attr_changes", "vcpu", "op", "pending", "last_step", "item", "lockdep_open",
+        "change_root",
     )
 
     def __init__(self, name: str, index: int = 0) -> None:
@@ -56,6 +57,8 @@ class ThreadCtx:
         self.pending: str = ""              # label of the operation it is waiting at
         self.last_step = 0                  # global step number of its last operation
         self.item = -1                      # workload item it works on (guest RIP, zap op)
+        self.lockdep_open: Any = None       # LOCKDEP finding of the SPTE change in hand
+        self.change_root: Any = None        # root finding reported in the change in hand
 
     def __repr__(self) -> str:
         return f"ThreadCtx({self.name!r})"

@@ -46,12 +46,8 @@ def spte_to_pfn(spte: int) -> int:
     return (spte & SPTE_BASE_ADDR_MASK) >> 12
 
 
-def is_leaf_present(spte: int, level: int) -> bool:
-    return is_shadow_present_pte(spte) and is_last_spte(spte, level)
 
 
-def is_nonleaf_present(spte: int, level: int) -> bool:
-    return is_shadow_present_pte(spte) and not is_last_spte(spte, level)
 
 
 def make_spte(pfn: int, level: int, rwx: int = VMX_EPT_RWX_MASK) -> int:

@@ -115,13 +115,29 @@ class TdpMmu:
 
     # ------------------------------------------------------------------ bookkeeping
     def handle_changed_spte(self, sp: KvmMmuPage, gfn: int, old: int, new: int, level: int,
-                            shared: bool) -> int:
-        """handle_changed_spte() / __handle_changed_spte().
+                            shared: bool) -> None:
+        """handle_changed_spte(): ``KVM_BUG_ON(__handle_changed_spte(...), kvm)``.
 
-        Classifies the change into its scenario row (mirror only), reports the WARN/BUG
-        the kernel has for invalid transitions, tears down a removed subtree, and in the
-        "after" order also propagates to the S-EPT through ``set_external_spte``.
-        Returns that hook's result (0 in the "before" order).
+        The callers that cannot undo the change (the write-lock setter, and
+        handle_removed_pt() for every child) come through here: a failed external
+        update is a KVM_BUG_ON whatever the lock mode (Sean Christopherson's
+        ``__handle_changed_spte`` split, RFC v5 thread; SOURCES.md).
+        """
+        self._handle_changed_spte(sp, gfn, old, new, level, shared, bug_on=True)
+
+    def _handle_changed_spte(self, sp: KvmMmuPage, gfn: int, old: int, new: int, level: int,
+                             shared: bool, bug_on: bool = False) -> int:
+        """__handle_changed_spte(): check the transition, tear down a removed subtree, and
+        (after the 2026 refactor) propagate a mirror change to the S-EPT.
+
+        Classifies the change into its scenario row (mirror only) and reports the WARN /
+        BUG the kernel has for invalid transitions.  The two S-EPT updates are
+        either/or, as in RFC v5 34/45 and Sean's ``__handle_changed_spte``: a present
+        non-leaf replaced by anything goes to handle_removed_pt() (children removed, the
+        table page reclaimed), and only other mirror changes call set_external_spte():
+        "changes to non-leaf mirror SPTEs are handled by handle_removed_pt() (the
+        TDX-Module requires that child entries are removed before the parent SPTE)".
+        Returns the hook's result (0 in the "before" order, which has no hook here).
         """
         kvm = self.kvm
         ctx = current()
@@ -132,66 +148,76 @@ class TdpMmu:
         mirror = sp.is_mirror
         row = classify(old, new, level, shared) if mirror else None
         if mirror:
-            if row is None:
-                ctx.attr_changes += 1
-            else:
+            if row is not None:
                 ctx.rows[row] += 1
+            elif was_present:
+                ctx.attr_changes += 1
         pushed = row is not None
         if row is not None:
             ctx.row_stack.append(row)
         try:
-            if not was_present and not is_present:
-                # Row 5: only MMIO or frozen SPTEs may go non-present to non-present.
-                if not is_frozen_spte(new) and not is_frozen_spte(old):
-                    kvm.warn("handle_changed_spte", "non-present to non-present change "
-                             f"gfn={gfn:#x} L{level}")
-                return 0
-            if was_leaf and is_leaf and pfn_changed:
-                kvm.bug("handle_changed_spte", f"leaf PFN changed {spte_to_pfn(old):#x} -> "
-                        f"{spte_to_pfn(new):#x} gfn={gfn:#x}")
-                return 0
-            if was_present and not was_leaf and is_present and not is_leaf and pfn_changed:
-                kvm.warn("handle_changed_spte", f"non-leaf PFN changed gfn={gfn:#x}")
-
-            promote = mirror and was_present and not was_leaf and is_leaf
-            if promote and self.variant.after_order:
-                # hunt-b: the what-if promotion merges the children in the S-EPT with
-                # PROMOTE first, then drops the mirror children without touching the
-                # S-EPT again (doing it the other way round would remove them first).
-                ret = kvm.tdx.set_external_spte(gfn, level, old, new)
-                if not shared and ret:
-                    kvm.kvm_bug_on("handle_changed_spte",
-                                   f"set_external_spte failed ({ret}) under the write lock")
-                if not ret:
-                    self.handle_removed_pt(self.spte_to_child_sp(old), shared, external=False)
-                return ret
-
-            if "parent_before_children" in kvm.mutations and mirror and was_present \
-                    and not was_leaf and not is_present and self.variant.after_order:
-                # planted bug: the S-EPT table goes before its children
-                ret = kvm.tdx.set_external_spte(gfn, level, old, new)
-                self.handle_removed_pt(self.spte_to_child_sp(old), shared)
-                return ret
-
-            if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
-                self.handle_removed_pt(self.spte_to_child_sp(old), shared)
-
-            if not mirror or not self.variant.after_order:
-                return 0
-            if is_frozen_spte(new) and not was_present:
-                return 0
-            ret = kvm.tdx.set_external_spte(gfn, level, old, new)
-            if ret and not shared:
-                # A change made under the write lock is already written: it cannot fail.
+            ret = self._changed_spte(sp, gfn, old, new, level, shared, was_present,
+                                     is_present, was_leaf, is_leaf, pfn_changed)
+            if ret and bug_on:
+                # reported inside the change, so that it is attributed to its row and
+                # joins the root finding of the same failure as its consequence
                 kvm.kvm_bug_on("handle_changed_spte",
-                               f"set_external_spte failed ({ret}) under the write lock")
+                               f"set_external_spte failed ({ret}) gfn={gfn:#x} L{level} "
+                               f"({'read' if shared else 'write'} lock)")
             return ret
         finally:
             if pushed:
                 ctx.row_stack.pop()
+                if not ctx.row_stack:
+                    ctx.lockdep_open = ctx.change_root = None
+
+    def _changed_spte(self, sp: KvmMmuPage, gfn: int, old: int, new: int, level: int,
+                      shared: bool, was_present: bool, is_present: bool, was_leaf: bool,
+                      is_leaf: bool, pfn_changed: bool) -> int:
+        """The body of __handle_changed_spte() (model helper: split out so that the
+        scenario row stays pushed around it)."""
+        kvm = self.kvm
+        mirror = sp.is_mirror
+        if not was_present and not is_present:
+            # Row 5.  The kernel exempts MMIO and a *new* value that is FROZEN_SPTE
+            # (handle_removed_pt() freezing a non-present child), not an old one:
+            # WARN_ON_ONCE(!is_mmio_spte(old) && !is_mmio_spte(new) &&
+            #              !is_frozen_spte(new)).
+            if not is_frozen_spte(new):
+                kvm.warn("handle_changed_spte", "non-present to non-present change "
+                         f"gfn={gfn:#x} L{level}")
+            return 0
+        if was_leaf and is_leaf and pfn_changed:
+            kvm.bug("handle_changed_spte", f"leaf PFN changed {spte_to_pfn(old):#x} -> "
+                    f"{spte_to_pfn(new):#x} gfn={gfn:#x}")
+            return 0
+        if was_present and not was_leaf and is_present and not is_leaf and pfn_changed:
+            kvm.warn("handle_changed_spte", f"non-leaf PFN changed gfn={gfn:#x}")
+
+        if mirror and was_present and not was_leaf and is_leaf and self.variant.hunt == "b":
+            # hunt-b's patch: promotion merges the children in the S-EPT with
+            # PROMOTE first (set_external_spte), then drops the mirror children
+            # without touching the S-EPT again.
+            ret = kvm.tdx.set_external_spte(gfn, level, old, new)
+            if not ret:
+                self.handle_removed_pt(self.spte_to_child_sp(old), shared, external=False)
+            return ret
+
+        if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
+            self.handle_removed_pt(self.spte_to_child_sp(old), shared)
+            return 0
+
+        if not mirror or not self.variant.after_order:
+            return 0
+        return kvm.tdx.set_external_spte(gfn, level, old, new)
 
     def handle_removed_pt(self, sp: KvmMmuPage, shared: bool, external: bool = True) -> None:
-        """handle_removed_pt(): tear down a table unlinked from the tree, children first."""
+        """handle_removed_pt(): tear down a table unlinked from the tree, children first,
+        then release its S-EPT page (free_external_spt / tdx_sept_free_private_spt, which
+        is a KVM_BUG_ON while the HKID is assigned), then free the table through RCU.
+
+        ``external=False`` is hunt-b's patch: PROMOTE already merged the children in the
+        S-EPT and released the table page."""
         kvm = self.kvm
         sp.unlinked = True
         level = sp.level
@@ -213,20 +239,13 @@ class TdpMmu:
                 sp.write(i, FROZEN_SPTE)
             if not external:
                 continue
-            if sp.is_mirror and not self.variant.after_order:
-                # v6.19: children's bookkeeping, then remove_external_spte().
-                self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
-                if is_shadow_present_pte(old):
-                    kvm.kvm_bug_on_if(shared, "handle_removed_pt",
-                                      "mirror table removed under the read lock")
-                    kvm.tdx.remove_external_spte(gfn, old, level)
-                continue
-            ret = self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
-            if ret and shared:
-                # The parent is already gone: a child's removal cannot be undone (d).
-                kvm.kvm_bug_on("handle_removed_pt",
-                               f"removing child gfn={gfn:#x} L{level} failed ({ret})")
-        if sp.is_mirror and not self.variant.after_order:
+            self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
+            if sp.is_mirror and not self.variant.after_order and is_shadow_present_pte(old):
+                # v6.19: KVM_BUG_ON(shared, kvm); remove_external_spte().
+                kvm.kvm_bug_on_if(shared, "handle_removed_pt",
+                                  "mirror table removed under the read lock")
+                kvm.tdx.remove_external_spte(gfn, old, level)
+        if sp.is_mirror and external:
             kvm.tdx.free_external_spt(sp)
         kvm.rcu.call_rcu(lambda: self.tdp_mmu_free_sp_rcu_callback(sp), "free_sp")
 
@@ -257,7 +276,7 @@ class TdpMmu:
         ok, _ = sp.cmpxchg(i, old, FROZEN_SPTE)
         if not ok:
             return -EBUSY
-        ret = self.handle_changed_spte(sp, gfn, old, new, level, True)
+        ret = self._handle_changed_spte(sp, gfn, old, new, level, True)
         if "leave_frozen" in kvm.mutations:
             return ret      # planted bug: the frozen SPTE is never written back
         sp.write(i, old if ret else new)
@@ -296,15 +315,13 @@ class TdpMmu:
         if is_frozen_spte(old) or is_frozen_spte(new):
             kvm.warn("tdp_mmu_set_spte", "frozen SPTE set under the write lock")
         old = sp.write(i, new)
-        if not sp.is_mirror or self.variant.after_order:
-            self.handle_changed_spte(sp, gfn, old, new, level, False)
-            return old
         self.handle_changed_spte(sp, gfn, old, new, level, False)
-        # v6.19: "Users that do non-atomic setting of PTEs don't operate on mirror
-        # roots, so don't handle it and bug the VM if it's seen."
-        kvm.kvm_bug_on_if(is_shadow_present_pte(new), "tdp_mmu_set_spte",
-                          "mirror SPTE made present under the write lock")
-        kvm.tdx.remove_external_spte(gfn, old, level)
+        if sp.is_mirror and not self.variant.after_order:
+            # v6.19: "Users that do non-atomic setting of PTEs don't operate on mirror
+            # roots, so don't handle it and bug the VM if it's seen."
+            kvm.kvm_bug_on_if(is_shadow_present_pte(new), "tdp_mmu_set_spte",
+                              "mirror SPTE made present under the write lock")
+            kvm.tdx.remove_external_spte(gfn, old, level)
         return old
 
     def tdp_mmu_link_sp(self, sp: KvmMmuPage, i: int, gfn: int, old: int, child: KvmMmuPage,
@@ -501,11 +518,13 @@ class TdpMmu:
             kvm.rcu.rcu_read_unlock()
         return zapped
 
-    def tdp_mmu_zap_table(self, root: KvmMmuPage, gfn: int, level: int, shared: bool) -> bool:
-        """Zap the table mapping the level-``level`` range at ``gfn``: replace the
-        non-leaf SPTE with non-present, tearing the subtree down (row 14 under the write
-        lock; row 13, hunt-d's what-if, under the read lock).  Returns whether it did."""
+    def tdp_mmu_zap_table(self, root: KvmMmuPage, gfn: int, level: int) -> bool:
+        """hunt-d's what-if: zap the table mapping the level-``level`` range at ``gfn``
+        under the read lock with the atomic setter (row 13), the way
+        tdp_mmu_zap_possible_nx_huge_page() zaps a direct root's table; the subtree is
+        torn down by handle_removed_pt(shared=true).  Returns whether it zapped."""
         kvm = self.kvm
+        kvm.mmu_lock.lockdep_assert_held_read("tdp_mmu_zap_table")
         kvm.rcu.rcu_read_lock()
         try:
             found = self._find(root, gfn, level)
@@ -515,11 +534,8 @@ class TdpMmu:
             if not is_shadow_present_pte(old) or is_last_spte(old, level):
                 return False
             base = gfn_round_for_level(gfn, level)
-            if shared:
-                return not self.tdp_mmu_set_spte_atomic(sp, i, base, old,
-                                                        SHADOW_NONPRESENT_VALUE, level)
-            self.tdp_mmu_set_spte(sp, i, base, old, SHADOW_NONPRESENT_VALUE, level)
-            return True
+            return not self.tdp_mmu_set_spte_atomic(sp, i, base, old,
+                                                    SHADOW_NONPRESENT_VALUE, level)
         finally:
             kvm.rcu.rcu_read_unlock()
 

@@ -119,15 +119,17 @@ class KvmTdx:
                 return self.tdx_sept_set_private_spte(gfn, level, new)
             return self.tdx_sept_link_private_spt(gfn, level,
                                                   self.kvm.mmu.spte_to_child_sp(new))
-        if was_present and not is_present:
-            if was_leaf:
-                return self.tdx_sept_remove_private_spte(gfn, level, old)
-            return self.tdx_sept_remove_private_spt(gfn, level, old)
+        if was_leaf and not is_present:
+            return self.tdx_sept_remove_private_spte(gfn, level, old)
         if was_leaf and is_present and not is_leaf:
             return self.tdx_sept_split_private_spte(gfn, level, old, new)
         if was_present and not was_leaf and is_leaf:
             return self.tdx_sept_promote_private_spte(gfn, level, old, new)
-        return 0
+        # A non-leaf that goes away is handle_removed_pt()'s (children, then the table
+        # page through free_external_spt); the TDP MMU never hands it to this hook.
+        self.kvm.kvm_bug_on("set_external_spte", f"unexpected mirror change gfn={gfn:#x} "
+                            f"L{level}")
+        return -EIO
 
     # ------------------------------------------------------------------ removal
     def remove_external_spte(self, gfn: int, old: int, level: int) -> None:
@@ -158,58 +160,24 @@ class KvmTdx:
         m.tdh_phymem_page_wbinvd_hkid(spte_to_pfn(old))
         return 0
 
-    def tdx_sept_remove_private_spt(self, gfn: int, level: int, old: int) -> int:
-        """Removing an S-EPT table through set_external_spte (after the refactor).
-
-        With the HKID released (teardown) the page is just reclaimed.  In a live TD
-        (hugepage RFC table zap): BLOCK the non-leaf, TRACK + kick, SEPT.REMOVE (which
-        needs all 512 children FREE), WBINVD.  A failure leaks the page on purpose.
-        """
-        kvm, m = self.kvm, self.module
-        child = kvm.mmu.spte_to_child_sp(old)
-        if not m.hkid_assigned:
-            return self.tdx_sept_reclaim_private_spt(child)
-        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_remove_private_spt")
-        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
-        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spt", "TDH.MEM.RANGE.BLOCK"):
-            self._leak(child)
-            return -EIO
-        self.tdx_track()
-        err = self.tdh_do_no_vcpus("TDH.MEM.SEPT.REMOVE", m.tdh_mem_sept_remove, gfn, level)
-        if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spt", "TDH.MEM.SEPT.REMOVE"):
-            self._leak(child)
-            return -EIO
-        assert child.external_spt is not None
-        m.tdh_phymem_page_wbinvd_hkid(child.external_spt)
-        kvm.external_transition(child.external_spt, "freed")
-        return 0
-
-    def tdx_sept_reclaim_private_spt(self, child: KvmMmuPage) -> int:
-        """tdx_sept_reclaim_private_spt(): TDH.PHYMEM.PAGE.RECLAIM of a table's page."""
-        kvm = self.kvm
-        if child.external_spt is None:
-            return 0
-        err = self.module.tdh_phymem_page_reclaim(child.external_spt)
-        if kvm.tdx_bug_on(err, "tdx_sept_reclaim_private_spt", "TDH.PHYMEM.PAGE.RECLAIM"):
-            self._leak(child)
-            return -EIO
-        kvm.external_transition(child.external_spt, "freed")
-        return 0
-
     def free_external_spt(self, sp: KvmMmuPage) -> None:
-        """kvm_x86_ops.free_external_spt / tdx_sept_free_private_spt() of v6.19: only
-        legal once the HKID is released; on failure the page is leaked on purpose."""
+        """tdx_sept_free_private_spt() (kvm_x86_ops.free_external_spt; RFC v5:
+        tdx_sept_reclaim_private_spt): release a removed table's S-EPT page.
+
+        "KVM doesn't (yet) zap page table pages in mirror page table while TD is
+        active ... KVM should only free mirror page tables after the TD's hkid is
+        freed": ``KVM_BUG_ON(is_hkid_assigned)`` and the page is leaked; after the HKID
+        is released it is reclaimed with TDH.PHYMEM.PAGE.RECLAIM (tdx_reclaim_page(),
+        whose failure is a TDX_BUG_ON and leaks the page on purpose)."""
         kvm = self.kvm
         if sp.external_spt is None:
             return
         if kvm.kvm_bug_on_if(self.module.hkid_assigned, "tdx_sept_free_private_spt",
-                             "S-EPT table freed while the HKID is assigned"):
-            kvm.warn("handle_removed_pt", "free_external_spt failed: page leaked")
+                             "S-EPT table page freed while the HKID is assigned: leaked"):
             self._leak(sp)
             return
         err = self.module.tdh_phymem_page_reclaim(sp.external_spt)
-        if err:
-            kvm.warn("handle_removed_pt", "free_external_spt failed: page leaked")
+        if kvm.tdx_bug_on(err, "tdx_reclaim_page", "TDH.PHYMEM.PAGE.RECLAIM"):
             self._leak(sp)
             return
         kvm.external_transition(sp.external_spt, "freed")
@@ -221,7 +189,8 @@ class KvmTdx:
 
     # ------------------------------------------------------------------ huge pages
     def tdx_sept_split_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
-        """Split of a private 2M leaf under the write lock (hugepage RFC): BLOCK, TRACK +
+        """tdx_sept_split_private_spte() (RFC v5): split of a private 2M leaf under the
+        write lock: BLOCK, TRACK +
         kick, DEMOTE into the new table's external_spt."""
         kvm, m = self.kvm, self.module
         child = kvm.mmu.spte_to_child_sp(new)
@@ -239,22 +208,23 @@ class KvmTdx:
         return 0
 
     def tdx_sept_promote_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
-        """hunt-b's what-if promotion: BLOCK the table, TRACK, PROMOTE, each called once
-        (the patch does not go through tdh_do_no_vcpus).  BUSY is returned as -EBUSY; the
-        caller holds the write lock and cannot undo the mirror change."""
+        """hunt-b's what-if promotion (no kernel has one: "Promotion/demotion is not yet
+        supported", linux-next tdx.c), written the way the RFC v5 split path
+        (tdx_sept_split_private_spte) demotes: BLOCK the table, tdx_track(), PROMOTE,
+        BLOCK and PROMOTE through tdh_do_no_vcpus, each failure a TDX_BUG_ON.  A BUSY
+        from a running vCPU is retried with every vCPU out and goes through; what
+        remains is what the module refuses outright, e.g. a table of PENDING and
+        MAPPED children."""
         kvm, m = self.kvm, self.module
         child = kvm.mmu.spte_to_child_sp(old)
-        for what, fn, args in (("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, (gfn, level)),
-                               ("TDH.MEM.TRACK", m.tdh_mem_track, ()),
-                               ("TDH.MEM.PAGE.PROMOTE", m.tdh_mem_page_promote, (gfn, level))):
-            err = fn(*args)
-            if tdx_operand_busy(err):
-                return -EBUSY
-            if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", what):
-                return -EIO
-            if what == "TDH.MEM.TRACK":
-                kvm.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_promote_private_spte")
+        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", "TDH.MEM.RANGE.BLOCK"):
+            return -EIO
+        self.tdx_track()
+        err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.PROMOTE", m.tdh_mem_page_promote, gfn, level)
+        if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", "TDH.MEM.PAGE.PROMOTE"):
+            return -EIO
         if child.external_spt is not None:
             kvm.external_transition(child.external_spt, "freed")
         return 0
-

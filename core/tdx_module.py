@@ -42,6 +42,7 @@ from .tdx_errno import (
     TDX_PAGE_SIZE_MISMATCH,
     TDX_PREVIOUS_TLB_EPOCH_BUSY,
     TDX_SUCCESS,
+    TDX_TD_KEYS_NOT_CONFIGURED,
     TDX_TLB_TRACKING_NOT_DONE,
 )
 
@@ -61,13 +62,10 @@ TD_BUILD = "BUILD"           # initialised, not finalised: PAGE.ADD allowed
 TD_RUNNABLE = "RUNNABLE"     # finalised: VP.ENTER, PAGE.AUG
 TD_TEARDOWN = "TEARDOWN"     # HKID released: only reclaim
 
-ZERO_STEP_THRESHOLD = 6      # EPT violations at one RIP before stepping is suspected
+# td_exit_stepping.h STEPPING_EPF_THRESHOLD: the first 6 EPT violations at one RIP only
+# count; from the 7th on each new GPA is recorded (tdx_tdvps.h EPF_GPA_LIST_SIZE: 32).
+ZERO_STEP_THRESHOLD = 6
 ZERO_STEP_MAX_GPAS = 32
-# Host priority must end even if the host never comes back for the lock (KVM's fault
-# path does not retry a fault that another thread resolved meanwhile), or the guest
-# would be refused forever.  The module bounds it in time; the model, having no clock,
-# in guest attempts: after this many refusals the bit clears.  (Model choice.)
-HOST_PRIORITY_ATTEMPTS = 8
 
 # Who holds a lock, for classifying BUSY by source.
 SRC_ZERO_STEP = "zero_step"
@@ -88,7 +86,9 @@ class SeptEntry:
         self.pfn: int | None = None     # leaf: guest page; non-leaf: S-EPT table page
         self.bepoch: int | None = None  # TD epoch when blocked
         self.lock: _Call | None = None  # the SEAMCALL/TDCALL holding the entry lock
-        self.host_prio = 0      # guest attempts still refused for the host (0: bit clear)
+        # SEPT_ENTRY_TDHP: set by a host that found the lock taken, cleared only when a
+        # host next acquires it (tdx_locks.h sept_lock_acquire_host); never on release
+        self.host_prio = False
 
     def __repr__(self) -> str:
         return f"SeptEntry({self.state}, pfn={self.pfn})"
@@ -105,6 +105,7 @@ class TryRwLock:
         self.excl: _Call | None = None
 
     def take(self, call: "_Call", excl: bool) -> bool:
+        """acquire_sharex_lock_sh() / acquire_sharex_lock_ex(): a try-lock."""
         if self.excl is not None or (excl and self.shared):
             return False
         if excl:
@@ -115,6 +116,7 @@ class TryRwLock:
         return True
 
     def release(self, excl: bool) -> None:
+        """release_sharex_lock_sh() / release_sharex_lock_ex()."""
         if excl:
             self.excl = None
         else:
@@ -184,6 +186,12 @@ class TdxModule:
         self.mutations = mutations
         self.busy: dict[str, int] = {}
         self.calls: dict[str, int] = {}
+        # SEAMCALLs and TDCALLs by TD phase, for the summary (what a user checks first
+        # when a result looks odd): "build" until TDH.MR.FINALIZE, "runnable", then
+        # "teardown" from the moment KVM starts destroying the VM (set by KVM).
+        self.phase = "build"
+        self.calls_by_phase: dict[str, dict[str, int]] = {
+            "build": {}, "runnable": {}, "teardown": {}}
         self.audit: list[tuple[int, str]] = []   # (MODEL §7 invariant number, message)
         self.audit_checked = 0                   # how much of it the checker has seen
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
@@ -199,7 +207,7 @@ class TdxModule:
     def peek(self, gfn: int, level: int) -> SeptEntry | None:
         return self.entries.get((level, gfn_round_for_level(gfn, level)))
 
-    def _walk(self, gfn: int, level: int, guest: bool = False) -> tuple[SeptEntry | None, int]:
+    def _walk(self, gfn: int, level: int) -> tuple[SeptEntry | None, int]:
         """Walk from the root to the entry of ``level`` that maps ``gfn``.
 
         Returns (entry, 0) or (None, error).  A leaf above ``level`` is a size mismatch;
@@ -253,19 +261,23 @@ class TdxModule:
                           TDX_OPERAND_ID_SEPT)
 
     def _take_entry(self, call: _Call, e: SeptEntry) -> int:
-        """Try-take an entry lock.  Host priority: a host that finds the lock taken sets
-        the bit; a guest that then comes for a free lock backs off so the host wins."""
+        """sept_lock_acquire_host() / sept_lock_acquire_guest() (tdx_locks.h): try-take
+        an entry lock.  A host that finds it taken sets the host-priority bit; a host
+        that gets it clears the bit; a guest that gets it while the bit is set gives it
+        back with TDX_OPERAND_BUSY_HOST_PRIORITY.  Nothing else clears the bit: if no
+        host comes back for the entry, the guest keeps being refused (the module's only
+        bound is the 1 s hp_lock_timeout TD exit, after which the guest still sees
+        BUSY; see SOURCES.md).  Every caller reports the busy entry as operand RCX."""
         if e.lock is not None:
             if not call.guest:
-                e.host_prio = HOST_PRIORITY_ATTEMPTS
+                e.host_prio = True
             return self._busy(SRC_ACCEPT if e.lock.guest else SRC_SEPT_ENTRY,
-                              TDX_OPERAND_ID_SEPT)
+                              TDX_OPERAND_ID_RCX)
         if call.guest and e.host_prio:
-            e.host_prio -= 1
             self._count_busy("host_priority")
-            return TDX_OPERAND_BUSY_HOST_PRIORITY | TDX_OPERAND_ID_SEPT
+            return TDX_OPERAND_BUSY_HOST_PRIORITY | TDX_OPERAND_ID_RCX
         if not call.guest:
-            e.host_prio = 0
+            e.host_prio = False
         e.lock = call
         call.entries.append(e)
         return TDX_SUCCESS
@@ -295,9 +307,6 @@ class TdxModule:
             return False
         return self._rng.random() < self.busy_rate
 
-    def vcpus_in_guest(self) -> int:
-        return sum(v.running_epoch is not None for v in self.vcpus)
-
     # ------------------------------------------------------------------ the two steps
     def _seamcall(self, name: str, arg: object, lock: Callable[[_Call], int],
                   effect: Callable[[_Call], int], *, guest: bool = False,
@@ -306,6 +315,8 @@ class TdxModule:
 
         def step1() -> int:
             self.calls[name] = self.calls.get(name, 0) + 1
+            by = self.calls_by_phase[self.phase]
+            by[name] = by.get(name, 0) + 1
             if injectable and self._inject():
                 self._count_busy(SRC_INJECTED)
                 return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
@@ -333,6 +344,8 @@ class TdxModule:
             return False
         if self.td_epoch <= bepoch:
             return False
+        if self.td_epoch >= bepoch + 2:
+            return True     # two TRACKs since the block: the blocking epoch drained
         return all(v.running_epoch is None or v.running_epoch > bepoch for v in self.vcpus)
 
     # ------------------------------------------------------------------ SEAMCALLs
@@ -350,7 +363,7 @@ class TdxModule:
         """TDH.MEM.SEPT.ADD: make the FREE entry (level, gfn) a non-leaf over ``page``."""
         def effect(call: _Call) -> int:
             if self.td_state == TD_TEARDOWN:
-                return TDX_LIFECYCLE_STATE_INCORRECT
+                return TDX_TD_KEYS_NOT_CONFIGURED   # check_td_in_correct_build_state()
             e = self.entry(gfn, level)
             if e.state != FREE:
                 return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
@@ -363,6 +376,8 @@ class TdxModule:
     def tdh_mem_page_aug(self, gfn: int, level: int, pfn: int) -> int:
         """TDH.MEM.PAGE.AUG: add a PENDING page to a running TD."""
         def effect(call: _Call) -> int:
+            if self.td_state == TD_TEARDOWN:
+                return TDX_TD_KEYS_NOT_CONFIGURED
             if self.td_state != TD_RUNNABLE:
                 return TDX_OP_STATE_INCORRECT
             e = self.entry(gfn, level)
@@ -374,16 +389,16 @@ class TdxModule:
                               lambda c: self._lock_host_entry(c, gfn, level, False), effect)
 
     def tdh_mem_page_add(self, gfn: int, pfn: int) -> int:
-        """TDH.MEM.PAGE.ADD: add an initial (MAPPED) 4K page before the TD is finalised."""
+        """TDH.MEM.PAGE.ADD: add an initial (MAPPED) 4K page before the TD is finalised.
+        It takes the TDR exclusively and nothing else: "SEPT tree is implicitly locked
+        in exclusive mode, since TDR is exclusively locked" (tdh_mem_page_add.c), and
+        the entry is written unlocked (sept_set_leaf_unlocked_entry)."""
         def lock(call: _Call) -> int:
             err = self._take_tdr(call, True)
             if err:
                 return err
-            e, err = self._walk(gfn, PG_LEVEL_4K)
-            if err:
-                return err | TDX_OPERAND_ID_RCX
-            assert e is not None
-            return self._take_entry(call, e)
+            _, err = self._walk(gfn, PG_LEVEL_4K)
+            return err | TDX_OPERAND_ID_RCX if err else TDX_SUCCESS
 
         def effect(call: _Call) -> int:
             if self.td_state != TD_BUILD:
@@ -401,6 +416,7 @@ class TdxModule:
             if self.td_state != TD_BUILD:
                 return TDX_OP_STATE_INCORRECT
             self.td_state = TD_RUNNABLE
+            self.phase = "runnable"
             return TDX_SUCCESS
         return self._seamcall("TDH.MR.FINALIZE", None, lambda c: self._take_tdr(c, True),
                               effect, injectable=False)
@@ -464,10 +480,7 @@ class TdxModule:
                 return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
             live = sum(1 for c in self.children(gfn, level) if c is not None and c.state != FREE)
             if live:
-                if "parent_before_children" not in self.mutations:
-                    return TDX_EPT_PAGE_NOT_FREE | TDX_OPERAND_ID_RCX
-                self.audit.append((3, f"S-EPT table gfn={gfn:#x} L{level} removed with "
-                                      f"{live} live children"))
+                return TDX_EPT_PAGE_NOT_FREE | TDX_OPERAND_ID_RCX
             assert e.pfn is not None
             self.sept_pages.pop(e.pfn, None)
             e.state, e.pfn, e.bepoch = FREE, None, None
@@ -492,8 +505,9 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = NL_MAPPED, page, None
             self.sept_pages[page] = (PG_LEVEL_4K, base)
             return TDX_SUCCESS
+        # tdh_mem_page_demote.c: the tree lock is taken shared
         return self._seamcall("TDH.MEM.PAGE.DEMOTE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
 
     def tdh_mem_page_promote(self, gfn: int, level: int) -> int:
         """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 4K leaves, all
@@ -502,7 +516,9 @@ class TdxModule:
         base = gfn_round_for_level(gfn, level)
 
         def lock(call: _Call) -> int:
-            err = self._lock_host_entry(call, gfn, level, True)
+            # tdh_mem_page_promote.c: tree lock shared, the parent entry, then all 512
+            # children host-locked one by one (is_sept_page_valid_for_merge)
+            err = self._lock_host_entry(call, gfn, level, False)
             if err:
                 return err
             for i in range(512):
@@ -605,7 +621,8 @@ class TdxModule:
                         faked.append(g)
                         break
                 if faked:
-                    self._ept_violation_accounting(v, v.last_rip, faked[0])
+                    # emulate_ept_violation_td_exit(): an exit to KVM without entering
+                    # the guest; it is not logged for stepping
                     return TDX_SUCCESS
             v.running_epoch = self.td_epoch
             v.entered += 1
@@ -628,16 +645,21 @@ class TdxModule:
         self._sched.op("TD.EXIT", (vcpu_id, ept_gfn), step)
 
     def _ept_violation_accounting(self, v: TdVcpu, rip: int | None, gfn: int) -> None:
-        """td_exit_stepping.c: count EPT violations at one RIP; past the threshold,
-        record the GPA so that every later VP.ENTER checks it under the tree lock."""
-        if rip is not None and rip == v.last_rip:
-            v.ept_count += 1
-        else:
+        """td_exit_epf_stepping_log() (td_exit_stepping.c), called only from the
+        hardware EPT-violation exit handlers for private GPAs (td_ept_violation.c,
+        td_l2_ept_violation.c): never for a failed TDG.MEM.PAGE.ACCEPT
+        (async_tdexit_ept_violation) nor for the EPT violation VP.ENTER fakes.
+
+        A new RIP resets the state; the first STEPPING_EPF_THRESHOLD violations at one
+        RIP only count; from then on each new GPA is recorded (at most 32), and every
+        later VP.ENTER checks them under the tree lock."""
+        if rip is None or rip != v.last_rip:
             v.last_rip = rip
-            v.ept_count = 1
+            v.ept_count = 0
             v.zstep_gpas = []
-        if v.ept_count >= ZERO_STEP_THRESHOLD and gfn not in v.zstep_gpas \
-                and len(v.zstep_gpas) < ZERO_STEP_MAX_GPAS:
+        if v.ept_count < ZERO_STEP_THRESHOLD:
+            v.ept_count += 1
+        elif gfn not in v.zstep_gpas and len(v.zstep_gpas) < ZERO_STEP_MAX_GPAS:
             v.zstep_gpas.append(gfn)
             self.zero_step_arms += 1
 
@@ -674,11 +696,19 @@ class TdxModule:
         violation exit the real module takes when the page is not there to accept.
         """
         def lock(call: _Call) -> int:
-            e, err = self._walk(gfn, level, guest=True)
-            if err:
-                return err
-            assert e is not None
-            return self._take_entry(call, e)
+            # The guest's walk (walk_private_gpa, no tree lock): a leaf above ``level``
+            # that is MAPPED already covers the page (TDX_PAGE_ALREADY_ACCEPTED, a
+            # warning); any other leaf above, or a missing or blocked table, is an
+            # EPT-violation exit of type ACCEPT to KVM.
+            for lvl in range(ROOT_LEVEL, level, -1):
+                up = self.peek(gfn, lvl)
+                state = up.state if up else FREE
+                if state == NL_MAPPED:
+                    continue
+                if state == MAPPED:
+                    return TDX_PAGE_ALREADY_ACCEPTED
+                return TDX_EPT_WALK_FAILED
+            return self._take_entry(call, self.entry(gfn, level))
 
         def effect(call: _Call) -> int:
             e = self.entry(gfn, level)

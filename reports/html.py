@@ -14,6 +14,7 @@ from .render import (
     command_text,
     rate,
     replay_command,
+    seamcall_table,
     seeds_text,
     thin,
     timelines,
@@ -301,6 +302,19 @@ def _busy(s: dict) -> list[str]:
     return h
 
 
+def _seamcalls(s: dict) -> list[str]:
+    head, rows = seamcall_table(s)
+    h = ['<h2 id="seamcalls">SEAMCALLs by TD phase</h2>',
+         '<table id="seamcall-table"><thead><tr>'
+         + "".join(f'<th{"" if i == 0 else " class=num"}>{e(c)}</th>'
+                   for i, c in enumerate(head)) + "</tr></thead><tbody>"]
+    for r in rows:
+        h.append("<tr>" + "".join(f'<td class="{"mono" if i == 0 else "num"}">{e(c)}</td>'
+                                  for i, c in enumerate(r)) + "</tr>")
+    h.append("</tbody></table>")
+    return h
+
+
 def _timeline_tables(s: dict, resources: list[dict]) -> list[str]:
     tls = timelines(s)
     h: list[str] = []
@@ -352,6 +366,13 @@ def _finding(n: int, f: dict, out: Path, lane: str | None) -> list[str]:
          f"<dt>repro</dt><dd class=\"mono\">{e(f['repro'])}</dd>",
          f'<dt>replay</dt><dd><code class="cmd">{e(replay_command(f, out))}</code></dd>',
          "</dl>"]
+    cons = f.get("consequences") or []
+    if cons:
+        h.append(f"<p>Then, as its consequences (the VM was bugged; "
+                 f"{_num(f.get('consequences_total', len(cons)))} in all):</p><ul>")
+        h += [f'<li class="mono">step {_num(c["step"])} {e(c["thread"])}: {e(c["kind"])} '
+              f'{e(c["where"])}: {e(c["message"].splitlines()[0])}</li>' for c in cons[:20]]
+        h.append("</ul>")
     if lane:
         h.append(f'<pre class="lane">{_lane_html(lane)}</pre>')
     else:
@@ -366,6 +387,7 @@ def render_html(s: dict, out: Path, *, lanes: dict[str, str], resources: list[di
     from .confidence import confidence_text
     body = _header(s, out) + _findings_table(s)
     body += _matrix(s)
+    body += _seamcalls(s)
     body += ['<div class="two"><div>'] + _busy(s) + ["</div><div>"]
     body += ['<h2 id="confidence">Confidence</h2>', md_lines_html(confidence_text(s)),
              "</div></div>"]

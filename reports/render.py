@@ -66,6 +66,19 @@ def merge_summaries(summaries: list[dict]) -> dict:
         for k, v in s["busy"].items():
             busy[k] = busy.get(k, 0) + v
     m["busy"] = dict(sorted(busy.items()))
+    calls: dict[str, dict[str, int]] = {}
+    by_phase: dict[str, dict[str, int]] = {}
+    for s in summaries:
+        for phase, c in s.get("seamcalls", {}).items():
+            into = calls.setdefault(phase, {})
+            for k, v in c.items():
+                into[k] = into.get(k, 0) + v
+        for phase, r in s.get("rows_by_phase", {}).items():
+            into = by_phase.setdefault(phase, {})
+            for k, v in r.items():
+                into[k] = into.get(k, 0) + v
+    m["seamcalls"] = {p: dict(sorted(c.items())) for p, c in calls.items()}
+    m["rows_by_phase"] = by_phase
     m["seeds"] = sorted(r for s in summaries for r in s.get("seeds", []))
     by_sig: dict[str, dict] = {}
     for s in summaries:
@@ -229,6 +242,23 @@ def rate(s: dict) -> float:
     return s["runs"] / s["elapsed_s"] if s.get("elapsed_s") else 0.0
 
 
+def seamcall_table(s: dict) -> tuple[list[str], list[list[object]]]:
+    """SEAMCALLs (and the guest's TDCALLs) by TD phase, then the rows of the scenario
+    table that each phase hit: (head, rows) for Markdown and HTML alike."""
+    phases = ("build", "runnable", "teardown")
+    calls = s.get("seamcalls") or {}
+    names = sorted({n for c in calls.values() for n in c})
+    head = ["SEAMCALL"] + list(phases)
+    rows: list[list[object]] = [[n, *(f"{calls.get(p, {}).get(n, 0):,}" for p in phases)]
+                                for n in names]
+    rbp = s.get("rows_by_phase") or {}
+    for i in range(1, 15):
+        hits = [rbp.get(p, {}).get(str(i), 0) for p in phases]
+        if any(hits):
+            rows.append([f"row {i}", *(f"{h:,}" for h in hits)])
+    return head, rows or [["none", *(["0"] * len(phases))]]
+
+
 # ---------------------------------------------------------------------- Markdown
 def _cell(x: object) -> str:
     text = str(x).replace("|", "\\|").replace("\n", " ")
@@ -301,6 +331,8 @@ def render_markdown(summaries: list[dict], out: Path, *,
     lines += ["", "## BUSY by source", ""]
     lines += _table(["source", "count"], [[k, f"{v:,}"] for k, v in s["busy"].items()]
                     or [["none", 0]])
+    lines += ["", "## SEAMCALLs by TD phase", ""]
+    lines += _table(*seamcall_table(s))
     lines += ["", "## Timeline", ""]
     if plots_note:
         lines += [plots_note, ""]
@@ -337,6 +369,13 @@ def render_markdown(summaries: list[dict], out: Path, *,
                   f"first seed {f['first_seed']} after {f['first_elapsed_s']:.2f} s",
                   f"* {f['message']}",
                   f"* replay: {_code(replay_command(f, out))}", ""]
+        cons = f.get("consequences") or []
+        if cons:
+            lines += [f"Then, as its consequences (the VM was bugged; "
+                      f"{f.get('consequences_total', len(cons)):,} in all):", ""]
+            lines += [f"* step {c['step']:,} {c['thread']}: {c['kind']} {_code(c['where'])}: "
+                      f"{_cell(c['message'].splitlines()[0])}" for c in cons[:20]]
+            lines.append("")
         lane = lanes.get(f["signature"])
         if lane:
             lines += _fence(lane) + [""]

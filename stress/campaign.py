@@ -37,6 +37,7 @@ from .repro import Repro, make_repro, write_repro
 from .runner import RunResult, hunt_stop, run_seed
 
 SUMMARY_SCHEMA = "tdx-stress/summary/1"
+PHASES = ("build", "runnable", "teardown")     # TD phases (core.tdx_module.TdxModule.phase)
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 
 
@@ -83,6 +84,7 @@ def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
         "busy": r.busy, "findings": [f.to_dict() for f in r.findings], "counts": r.counts,
         "repros": repros, "zero_step_arms": r.zero_step_arms, "vm_bugged": r.vm_bugged,
         "threads": len(r.threads), "pct_k": r.pct_k, "sync_steps": r.sync_steps,
+        "seamcalls": r.seamcalls, "rows_by_phase": r.rows_by_phase,
     }
 
 
@@ -140,12 +142,18 @@ class FindingAgg:
     first_seed: int = -1
     first_elapsed_s: float = 0.0
     repro: str = ""
+    # what the first seed's run reported after this finding (core.findings: the first
+    # bug is the finding, what a bugged VM does next is its consequence)
+    consequences: list[dict] = field(default_factory=list)
+    consequences_total: int = 0
 
     def to_dict(self) -> dict:
         return {"signature": self.signature, "kind": self.kind, "path": self.path,
                 "row": self.row, "count": self.count, "occurrences": self.occurrences,
                 "first_seed": self.first_seed, "first_elapsed_s": round(self.first_elapsed_s, 3),
-                "repro": self.repro, "message": self.message}
+                "repro": self.repro, "message": self.message,
+                "consequences": self.consequences,
+                "consequences_total": self.consequences_total}
 
 
 @dataclass
@@ -165,6 +173,10 @@ class Totals:
     sync_steps_sum: int = 0
     sync_steps_max: int = 0
     runs_past_k: int = 0
+    seamcalls: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {"build": {}, "runnable": {}, "teardown": {}})
+    rows_by_phase: dict[str, list[int]] = field(
+        default_factory=lambda: {p: [0] * 15 for p in PHASES})
 
 
 class Campaign:
@@ -219,6 +231,11 @@ class Campaign:
                               "old": ROW_TEXT[i][0], "new": ROW_TEXT[i][1],
                               "shared": ROW_TEXT[i][2]} for i in range(1, 15)},
             "attr_changes": t.attr_changes,
+            # SEAMCALLs (and the guest's TDCALLs) by TD phase, and rows by phase: the
+            # first thing to check when a result looks odd
+            "seamcalls": {p: dict(sorted(c.items())) for p, c in t.seamcalls.items()},
+            "rows_by_phase": {p: {str(i): r[i] for i in range(1, 15)}
+                              for p, r in t.rows_by_phase.items()},
             "busy": dict(sorted(t.busy.items())),
             "zero_step_arms": t.zero_step_arms,
             "seeds": _ranges(sorted(t.seeds_done)),
@@ -259,11 +276,20 @@ class Campaign:
             t.runs_past_k += s["sync_steps"] > s["pct_k"]
         for k, v in s["busy"].items():
             t.busy[k] = t.busy.get(k, 0) + v
+        for phase, calls in s.get("seamcalls", {}).items():
+            into = t.seamcalls.setdefault(phase, {})
+            for name, n in calls.items():
+                into[name] = into.get(name, 0) + n
+        for phase, rows in s.get("rows_by_phase", {}).items():
+            into_rows = t.rows_by_phase.setdefault(phase, [0] * 15)
+            for i in range(15):
+                into_rows[i] += rows[i]
         stop = hunt_stop(self.spec.config.variant)
         elapsed = time.monotonic() - self.t0
         for fd in s["findings"]:
             f = Finding(fd["kind"], fd["where"], fd["message"], fd["row"], fd["path"],
-                        fd["step"], fd["thread"], fd["context"])
+                        fd["step"], fd["thread"], fd["context"],
+                        fd.get("consequences", []), fd.get("consequences_total", 0))
             sig = f.signature
             if f.kind in BUG_KINDS and f.row:
                 t.bug_rows[f.row] += 1
@@ -277,10 +303,13 @@ class Campaign:
             agg.occurrences += s["counts"].get(sig, 1)
             if new or s["seed"] < agg.first_seed:
                 self._keep_repro(agg, s["repros"][sig], s["seed"])
+                agg.consequences = f.consequences
+                agg.consequences_total = f.consequences_total
             self.event({"event": "finding", "seed": s["seed"], "signature": sig,
                         "kind": f.kind, "path": f.path, "row": f.row, "step": f.step,
                         "elapsed_s": round(elapsed, 3), "new": new, "repro": agg.repro,
-                        "message": f.message.splitlines()[0]})
+                        "message": f.message.splitlines()[0],
+                        "consequences": [c["signature"] for c in f.consequences]})
             if new:
                 self.log(f"finding {sig} in seed {s['seed']} at step {f.step}: "
                          f"{f.message.splitlines()[0]}")

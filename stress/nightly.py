@@ -111,8 +111,7 @@ def run_nightly(spec: NightlySpec, out: Path, argv: list[str],
 
 
 def _is_hunted(stop, f: dict) -> bool:
-    from core.findings import Finding
-    return bool(stop(Finding(f["kind"], "", f["message"], f["row"], f["path"])))
+    return bool(stop(f))
 
 
 def _write(spec: NightlySpec, out: Path, argv: list[str], entries: list[Entry], passed: bool,

@@ -619,8 +619,7 @@ class TdxStress:
                  f"({s['seed_source']}), stopped by {summary['stop_reason'] or 'end'}"]
         from core.variants import get_variant
         v = get_variant(summary["variant"])
-        target = lambda f: v.hunt is not None and (f["kind"], f["path"]) == \
-            (v.hunt_kind, v.hunt)  # noqa: E731
+        target = v.hunt_hit
         # what a hunt is after first (it stopped the campaign), then by first seed
         for f in sorted(summary["findings"], key=lambda f: not target(f)):
             lines.append(f"  {f['signature']} (first seed {f['first_seed']}, "

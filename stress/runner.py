@@ -56,6 +56,8 @@ class RunResult:
     sync_steps: int = 0              # PCT: the steps of this run that count towards k
     decision_items: list[int] = field(default_factory=list)  # record_steps: see shrink.py
     vcpu_stats: list[dict] = field(default_factory=list)
+    seamcalls: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> name -> n
+    rows_by_phase: dict[str, list[int]] = field(default_factory=dict)   # phase -> rows
 
     @property
     def failed(self) -> bool:
@@ -67,7 +69,7 @@ def hunt_stop(variant: str) -> StopOn:
     v = get_variant(variant)
     if v.hunt is None:
         return lambda f: f.kind not in ("LOCKDEP",)
-    return lambda f: f.kind == v.hunt_kind and f.path == v.hunt
+    return v.hunt_hit
 
 
 def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
@@ -135,10 +137,14 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
 
     rows = [0] * 15
     attr = 0
-    for ctx in [setup_ctx] + workers + [teardown_ctx]:
-        for i in range(15):
-            rows[i] += ctx.rows[i]
-        attr += ctx.attr_changes
+    rows_by_phase = {"build": [0] * 15, "runnable": [0] * 15, "teardown": [0] * 15}
+    for phase, ctxs in (("build", [setup_ctx]), ("runnable", workers),
+                        ("teardown", [teardown_ctx])):
+        for ctx in ctxs:
+            for i in range(15):
+                rows[i] += ctx.rows[i]
+                rows_by_phase[phase][i] += ctx.rows[i]
+            attr += ctx.attr_changes
     if isinstance(sched, ControlledScheduler):
         sched_list = sched.schedule
         divergence = str(sched.divergence) if sched.divergence else None
@@ -153,6 +159,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
         zero_step_arms=kvm.module.zero_step_arms,
         vcpu_stats=[dict(v.stats) for v in kvm.vcpus],
+        seamcalls={p: dict(c) for p, c in kvm.module.calls_by_phase.items()},
+        rows_by_phase=rows_by_phase,
         schedule=list(sched_list), trace_hash=f"{sched.trace_hash:016x}",
         threads=[n for n, _ in threads], step_log=step_log,
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,

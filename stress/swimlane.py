@@ -52,7 +52,7 @@ def _fmt_result(label: str, result: object) -> str:
 
 
 def render(steps: list[Step], threads: list[str], finding: Finding | None = None, *,
-           last: int = 40, width: int = 34) -> str:
+           last: int = 40, width: int = 34, consequences: list[dict] | None = None) -> str:
     """The ``last`` steps up to (and including) the finding's step."""
     end = finding.step if finding is not None and finding.step else (steps[-1].step if steps else 0)
     before = [s for s in steps if s.step <= end]
@@ -89,6 +89,13 @@ def render(steps: list[Step], threads: list[str], finding: Finding | None = None
         cells = [text[:width] if i == col else "" for i in range(len(threads))]
         lines.append(f">{end:>5} | " + " | ".join(f"{c:<{width}}" for c in cells))
         lines.append(f"        {finding.kind}: {finding.message.splitlines()[0]}")
+        cons = consequences if consequences is not None else finding.consequences
+        if cons:
+            # the first bug is the finding; what the bugged VM did next is listed here
+            lines.append(f"        then, as its consequences ({len(cons)}):")
+            for c in cons:
+                lines.append(f"          step {c['step']:>5} {c['thread']}: {c['kind']} "
+                             f"{c['where']}: {c['message'].splitlines()[0]}")
     return "\n".join(lines)
 
 
@@ -113,5 +120,6 @@ def lane_for_repro(repro: dict, last: int = 40) -> str | None:
     hit = next((f for f in r.findings if f.signature == rp.signature), None)
     if r.divergence or hit is None:
         return None
-    return render(r.step_log, r.threads, hit, last=last)
+    return render(r.step_log, r.threads, hit, last=last,
+                  consequences=rp.finding.get("consequences") or [])
 

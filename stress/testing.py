@@ -52,8 +52,9 @@ class Sequencer:
         return body
 
     def arm_zero_step(self, vcpu_id: int, gfn: int, rip: int = 0) -> None:
-        """Six EPT violations at one RIP: the module starts zero-step mitigation."""
-        for _ in range(6):
+        """Seven EPT violations at one RIP: the first six count, the seventh records the
+        GPA and the module starts zero-step mitigation (td_exit_epf_stepping_log())."""
+        for _ in range(7):
             self.kvm.module.td_exit(vcpu_id, gfn, rip)
 
     def run(self, **threads: Callable[[], None]) -> None:

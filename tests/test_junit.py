@@ -41,7 +41,7 @@ def test_run_with_findings_validates_one_case_per_finding(hunt_runs):
     text = (d / "a" / "junit.xml").read_text()
     validate(text)
     cs = cases(text)
-    assert len(a["findings"]) >= 3
+    assert len(a["findings"]) >= 2     # the first bug of a run is the finding
     failed = [c for c in cs if c.find("failure") is not None]
     assert len(failed) == len(a["findings"])
     assert {c.get("name") for c in failed} == {f["signature"] for f in a["findings"]}

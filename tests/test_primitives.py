@@ -241,7 +241,10 @@ def test_store_access_after_free_reports_and_still_happens():
     assert sp.read(0) == 9
     bugs = rec.of("BUG")
     assert [f.where for f in bugs] == ["KASAN:use-after-free"]
-    assert rec.counts[bugs[0].signature] == 4
+    # the first is the finding; the three accesses after it are its consequences
+    assert rec.counts[bugs[0].signature] == 1
+    assert bugs[0].consequences_total == 3
+    assert {c["where"] for c in bugs[0].consequences} == {"KASAN:use-after-free"}
 
 
 # ------------------------------------------------------------------------ 3. real threads

@@ -60,8 +60,8 @@ def write_lanes(d: Path) -> int:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A real campaign with findings (hunt-d, 40 seeds: about 15 distinct findings),
-    its lanes, and its reports."""
+    """A real campaign with findings (hunt-d, 40 seeds: the read-lock LOCKDEP and the
+    first bug of each run), its lanes, and its reports."""
     d = tmp_path_factory.mktemp("reports") / "run"
     r = subprocess.run([sys.executable, "-m", "stress", "run", "--variant", "hunt-d",
                         "--seeds", "40", "--seed", "0", "--out", str(d), "-q"],
@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory) -> Path:
                        text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert (d / "report.html").exists()      # the CLI writes it after every run
-    assert write_lanes(d) >= 3
+    assert write_lanes(d) >= 2
     write_reports(load_summary(d), d)
     return d
 
@@ -146,7 +146,7 @@ def test_every_finding_has_replay_line_and_swim_lane(run_dir):
     s = summary_of(run_dir)
     md = (run_dir / "report.md").read_text()
     page = (run_dir / "report.html").read_text()
-    assert len(s["findings"]) >= 3
+    assert len(s["findings"]) >= 2
     assert page.count('<section class="finding"') == len(s["findings"])
     assert page.count('<pre class="lane">') == len(s["findings"])
     assert md.count("```text\nstep   | vcpu0") == len(s["findings"])

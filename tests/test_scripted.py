@@ -4,7 +4,7 @@ clean in hugepage-rfc (where the as-designed path takes the lock that prevents i
 import pytest
 
 from core.guest import ProgramGuest
-from core.tdx_module import FREE, NL_MAPPED
+from core.tdx_module import FREE, MAPPED, NL_MAPPED, PENDING
 from stress.testing import Sequencer
 
 pytestmark = pytest.mark.timeout(60)
@@ -12,10 +12,13 @@ pytestmark = pytest.mark.timeout(60)
 ZS_GFN = 0x7       # the GFN a zero-step vCPU keeps faulting on (4K region)
 
 
-def zero_step_vp_enter_vs(variant, name, body_of):
+def zero_step_vp_enter_vs(variant, name, body_of, until="TDH.MEM.PAGE.AUG:lock"):
     """vCPU0, with zero-step armed, holds the S-EPT tree lock exclusively inside
-    VP.ENTER while thread ``name`` runs to its end."""
-    seq = Sequencer(variant, [("through", "vcpu0", "TDH.VP.ENTER:lock"), ("finish", name)])
+    VP.ENTER while thread ``name`` runs through its SEAMCALL ``until``; then vCPU0 goes
+    on (a fault-in that retries, as the prefault does, gets the lock once it is free)."""
+    seq = Sequencer(variant, [("through", "vcpu0", "TDH.VP.ENTER:lock"),
+                              ("through", name, until), ("through", name, "spte.write"),
+                              ("finish", "vcpu0")])
     seq.kvm.build()
     seq.kvm.kvm_populate_tables(ZS_GFN)
     seq.arm_zero_step(0, ZS_GFN)
@@ -39,7 +42,8 @@ def test_a1_write_lock_aug_vs_zero_step(variant, bug):
 def test_a2_write_lock_sept_add_vs_zero_step(variant, bug):
     """(a2): SEPT.ADD under the write lock meets the zero-step tree lock -> KVM_BUG_ON a2."""
     seq = zero_step_vp_enter_vs(variant, "populator",
-                                lambda s: lambda: s.kvm.kvm_populate_tables(0x20007))
+                                lambda s: lambda: s.kvm.kvm_populate_tables(0x20007),
+                                until="TDH.MEM.SEPT.ADD:lock")
     assert seq.kvm.module.busy.get("zero_step", 0) >= 1
     assert bool(seq.found("KVM_BUG_ON", "a2")) == bug
     if not bug:
@@ -61,31 +65,52 @@ def _split_region(seq, gfn=0x205):
     assert kvm.kvm_split_huge_page(gfn)
 
 
-@pytest.mark.parametrize("variant,bug", [("hunt-b", True), ("hugepage-rfc", False)])
-def test_b_promotion_vs_zero_step(variant, bug):
-    """(b): promotion under the write lock issues BLOCK once; a zero-step VP.ENTER holds
-    the tree lock -> BUSY -> KVM_BUG_ON path b.  hugepage-rfc never promotes a mirror."""
-    seq = Sequencer(variant, [("through", "vcpu0", "TDH.VP.ENTER:lock"), ("finish", "promoter")])
+def test_b_promotion_busy_is_retried_with_vcpus_out():
+    """(b) promotes the way the split path demotes: BLOCK through tdh_do_no_vcpus.  A
+    zero-step VP.ENTER holding the tree lock makes the first BLOCK BUSY; the retry, with
+    every vCPU kicked out and wait_for_sept_zap set, goes through, and the table
+    becomes a 2M leaf with no bug."""
+    seq = Sequencer("hunt-b", [("through", "vcpu0", "TDH.VP.ENTER:lock"),
+                               ("finish", "promoter")])
     _split_region(seq)
     seq.arm_zero_step(0, ZS_GFN)
     seq.run(vcpu0=seq.vcpu_trips(0, ProgramGuest((("touch", ZS_GFN),))),
             promoter=lambda: seq.kvm.kvm_recover_huge_pages(0x205))
-    assert bool(seq.found("KVM_BUG_ON", "b")) == bug
-    if not bug:
-        assert seq.rec.findings == []
-        assert seq.check() == 0
+    assert seq.kvm.module.busy.get("zero_step", 0) >= 1
+    assert seq.rec.findings == []
+    assert seq.kvm.module.peek(0x200, 2).state == MAPPED
+    assert seq.check() == 0
+
+
+def _pending_2m_split_then_one_accepted(seq):
+    """A 2M leaf AUGed (PENDING), split (512 PENDING 4K children, DEMOTE keeps PENDING),
+    then the guest accepts one 4K page of it: the children are a mix."""
+    kvm = seq.kvm
+    kvm.build()
+    kvm.kvm_prefault(0x205)
+    assert kvm.module.peek(0x200, 2).state == PENDING
+    assert kvm.kvm_split_huge_page(0x205)
+    assert kvm.module.tdg_mem_page_accept(0, 0x205, 1) == 0
 
 
 @pytest.mark.parametrize("variant,bug", [("hunt-b", True), ("hugepage-rfc", False)])
-def test_b_promotion_track_vs_vp_enter(variant, bug):
-    """(b): the promotion's single TRACK meets a VP.ENTER holding the epoch lock."""
-    seq = Sequencer(variant, [("through", "vcpu0", "TDH.VP.ENTER:lock"), ("finish", "promoter")])
-    _split_region(seq)
-    seq.run(vcpu0=seq.vcpu_trips(0, ProgramGuest((("touch", ZS_GFN),))),
-            promoter=lambda: seq.kvm.kvm_recover_huge_pages(0x205))
-    assert bool(seq.found("KVM_BUG_ON", "b")) == bug
-    if bug:
-        assert seq.kvm.module.busy.get("epoch", 0) >= 1
+def test_b_promote_refused_for_pending_and_mapped_children(variant, bug):
+    """(b)'s genuine hazard: TDH.MEM.PAGE.PROMOTE refuses a table whose children are
+    a mix of PENDING and MAPPED (TDX_EPT_INVALID_PROMOTE_CONDITIONS,
+    is_sept_page_valid_for_merge()): TDX_BUG_ON, and the KVM_BUG_ON of
+    handle_changed_spte() under the write lock as its consequence."""
+    seq = Sequencer(variant, [("finish", "promoter")])
+    _pending_2m_split_then_one_accepted(seq)
+    seq.run(promoter=lambda: seq.kvm.kvm_recover_huge_pages(0x205))
+    if not bug:
+        assert seq.rec.findings == [] and seq.check() == 0
+        return
+    [root] = [f for f in seq.rec.findings if f.kind == "TDX_BUG_ON"]
+    assert "TDH.MEM.PAGE.PROMOTE:TDX_EPT_INVALID_PROMOTE_CONDITIONS" in root.where
+    assert root.path == "b"
+    assert [c["where"] for c in root.consequences if c["same_change"]][:1] == \
+        ["handle_changed_spte"]
+    assert seq.kvm.variant.hunt_hit(root)
 
 
 def _two_mapped_leaves(seq):
@@ -121,37 +146,47 @@ def _table_with_one_leaf(seq):
 @pytest.mark.parametrize("variant,bug", [("hunt-d", True), ("hugepage-rfc", False)])
 def test_d_child_removal_fails_under_read_lock(variant, bug):
     """(d): a table zapped under the read lock; a fault's PAGE.AUG holds the tree lock
-    shared, so the child's BLOCK fails twice -> TDX_BUG_ON, then KVM_BUG_ON path d."""
+    shared, so the child's BLOCK fails twice (tdh_do_no_vcpus cannot help under the read
+    lock) -> TDX_BUG_ON, the first bug; the KVM_BUG_ON of handle_changed_spte() for
+    that child follows in the same change, silent in the kernel (the VM is bugged):
+    the finding the hunt is after, kept as the root's consequence."""
     seq = Sequencer(variant, [("through", "fault", "TDH.MEM.PAGE.AUG:lock"), ("finish", "zap")])
     _table_with_one_leaf(seq)
     seq.run(fault=lambda: seq.kvm.kvm_prefault(0x205),
             zap=lambda: seq.kvm.kvm_zap_table(ZS_GFN))
-    assert bool(seq.found("KVM_BUG_ON", "d")) == bug
     if not bug:
+        # as designed, no path zaps a mirror table while the TD runs
         assert seq.rec.findings == []
         assert seq.check() == 0
+        return
+    roots = [f for f in seq.rec.findings if f.kind in ("KVM_BUG_ON", "TDX_BUG_ON")]
+    assert len(roots) == 1
+    root = roots[0]
+    assert root.kind == "TDX_BUG_ON" and "TDH.MEM.RANGE.BLOCK" in root.where
+    assert root.path == "d" and root.row == 13
+    assert seq.kvm.variant.hunt_hit(root)
+    # the lockdep warning of the read-lock removal came first, with its own signature
+    assert seq.found("LOCKDEP", "d")
 
 
 @pytest.mark.parametrize("variant,bug", [("hunt-d", True), ("hugepage-rfc", False)])
-def test_d_yan_zhao_restore_after_children_gone(variant, bug):
-    """Yan Zhao's hazard of the "after" order: the children are already removed from the
-    S-EPT when the parent's external update fails; the mirror restores a table whose
-    subtree the S-EPT no longer has (INVARIANT at the next quiescent point)."""
-    seq = Sequencer(variant, [("through", "zap", "TDH.MEM.PAGE.REMOVE"),
-                              ("through", "fault", "TDH.MEM.PAGE.AUG:lock"),
-                              ("finish", "zap")])
+def test_d_uncontended_table_zap_bugs_on_the_hkid(variant, bug):
+    """(d) without contention: every child goes, then the table's S-EPT page is released
+    while the HKID is assigned (tdx_sept_free_private_spt: KVM_BUG_ON, the page is
+    leaked): a bug on every call, not the one the hunt is after.  The S-EPT keeps the
+    empty table linked (no SEPT.REMOVE is issued), which the next quiescent check
+    reports as the root's consequence."""
+    seq = Sequencer(variant, [("finish", "zap")])
     _table_with_one_leaf(seq)
-    seq.run(fault=lambda: seq.kvm.kvm_prefault(0x205),
-            zap=lambda: seq.kvm.kvm_zap_table(ZS_GFN))
+    seq.run(zap=lambda: seq.kvm.kvm_zap_table(ZS_GFN))
     n = seq.check()
-    if bug:
-        assert not seq.found("KVM_BUG_ON", "d")          # every child went fine...
-        assert seq.found("TDX_BUG_ON", "d")             # ...the parent's BLOCK did not
-        assert n > 0
-        sigs = {f.where for f in seq.found("INVARIANT")}
-        assert "invariant1" in sigs and "invariant2" in sigs, sigs
-        # the parent's BLOCK is what failed: the S-EPT table is still linked, empty
-        assert seq.kvm.module.peek(0, 2).state == NL_MAPPED
-        assert seq.kvm.module.peek(ZS_GFN, 1).state == FREE
-    else:
+    if not bug:
         assert n == 0 and seq.rec.findings == []
+        return
+    roots = [f for f in seq.rec.findings if f.kind in ("KVM_BUG_ON", "TDX_BUG_ON")]
+    assert [r.where for r in roots] == ["tdx_sept_free_private_spt"]
+    assert not seq.kvm.variant.hunt_hit(roots[0])
+    assert "TDH.MEM.SEPT.REMOVE" not in seq.kvm.module.calls
+    assert seq.kvm.module.peek(0, 2).state == NL_MAPPED
+    assert seq.kvm.module.peek(ZS_GFN, 1).state == FREE
+    assert any(c["kind"] == "INVARIANT" for c in roots[0].consequences)

@@ -26,9 +26,10 @@ def drive(variant: str) -> tuple[Kvm, dict[int, int]]:
     kvm.kvm_recover_huge_pages(0x205)     # row 9 (hunt-b)
     kvm.kvm_split_huge_page(0x205)
     kvm.kvm_mmu_notifier_zap(0x2, 0x3)    # row 12, or 11 (hunt-c)
-    kvm.kvm_zap_table(0x205)              # row 14, or 13 (hunt-d)
+    kvm.kvm_zap_table(0x205)              # nothing, or row 13 (hunt-d); 14 only at teardown
     kvm.kvm_prefault(0x6)                 # row 1, or 2 (hunt-a1)
-    kvm.kvm_populate_tables(0x300)        # row 3, or 4 (hunt-a2)
+    kvm.kvm_populate_tables(0x20007)      # row 3, or 4 (hunt-a2): a range with no table
+    kvm.running_rows = list(current().rows)  # type: ignore[attr-defined]
     kvm.kvm_destroy_vm()                  # rows 12, 14
     rows = {i: c for i, c in enumerate(current().rows) if c}
     return kvm, rows
@@ -40,6 +41,18 @@ def test_4k_variants_rows(variant):
     assert set(rows) == {1, 3, 12, 14}
     assert kvm.rec.findings == []
     assert check_invariants(kvm, final=True) == []
+
+
+@pytest.mark.parametrize("variant", ["v6.19", "refactor-2026", "hugepage-rfc"])
+def test_no_sept_table_removed_while_the_td_runs(variant):
+    """KVM never zaps a mirror page table while the TD runs (tdx_sept_free_private_spt:
+    "KVM should only free mirror page tables after the TD's hkid is freed"): no
+    TDH.MEM.SEPT.REMOVE ever, row 14 only once teardown has begun."""
+    kvm, rows = drive(variant)
+    assert "TDH.MEM.SEPT.REMOVE" not in kvm.module.calls
+    assert kvm.running_rows[14] == 0 and rows[14] > 0
+    assert kvm.module.calls_by_phase["runnable"].get("TDH.PHYMEM.PAGE.RECLAIM", 0) == 0
+    assert kvm.module.calls_by_phase["teardown"]["TDH.PHYMEM.PAGE.RECLAIM"] > 0
 
 
 def test_hugepage_rfc_rows():

@@ -102,7 +102,7 @@ def block_and_track(m: TdxModule, gfn: int, level: int) -> None:
 
 
 def arm_zero_step(m: TdxModule, vcpu_id: int, gfn: int, rip: int = RIP) -> None:
-    for _ in range(6):
+    for _ in range(7):
         m.td_exit(vcpu_id, gfn, rip)
     assert m.vcpus[vcpu_id].zstep_gpas == [gfn]
 
@@ -181,7 +181,7 @@ def test_sept_add_busy_on_entry_lock():
     r = run_threads(sched, t1=lambda: m.tdh_mem_sept_add(G, 4, 0x70001),
                     t2=lambda: m.tdh_mem_sept_add(G, 4, 0x70002))
     assert r["t1"] == TDX_SUCCESS
-    assert is_busy(r["t2"], TDX_OPERAND_ID_SEPT)
+    assert is_busy(r["t2"], TDX_OPERAND_ID_RCX)
     assert m.busy == {"sept_entry": 1}
     assert m.entry(G, 4).state == NL_MAPPED and m.entry(G, 4).pfn == 0x70001
 
@@ -219,7 +219,7 @@ def test_page_aug_busy_on_entry_lock():
     r = run_threads(sched, t1=lambda: m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x5000),
                     t2=lambda: m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x6000))
     assert r["t1"] == TDX_SUCCESS
-    assert is_busy(r["t2"], TDX_OPERAND_ID_SEPT)
+    assert is_busy(r["t2"], TDX_OPERAND_ID_RCX)
     assert m.busy == {"sept_entry": 1}
     assert m.entry(G, PG_LEVEL_4K).pfn == 0x5000
 
@@ -442,7 +442,7 @@ def test_page_promote_busy_while_accept_in_flight():
               lambda: m.tdh_mem_page_promote(G2M, PG_LEVEL_2M)))
     block, track, promote = r["h"]
     assert (block, track) == (TDX_SUCCESS, TDX_SUCCESS)
-    assert is_busy(promote, TDX_OPERAND_ID_SEPT)
+    assert is_busy(promote, TDX_OPERAND_ID_RCX)
     assert m.busy == {"accept": 1}
     assert child.host_prio
     assert status(r["g"]) == TDX_PAGE_ALREADY_ACCEPTED
@@ -520,7 +520,7 @@ def test_accept_busy_while_host_holds_entry_lock():
     r = run_threads(sched, h=lambda: m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x5000),
                     g=lambda: m.tdg_mem_page_accept(0, G, PG_LEVEL_4K))
     assert r["h"] == TDX_SUCCESS
-    assert is_busy(r["g"], TDX_OPERAND_ID_SEPT)
+    assert is_busy(r["g"], TDX_OPERAND_ID_RCX)
     assert m.busy == {"sept_entry": 1}
     assert m.entry(G, PG_LEVEL_4K).state == PENDING
     assert m.tdg_mem_page_accept(0, G, PG_LEVEL_4K) == TDX_SUCCESS
@@ -571,10 +571,11 @@ def test_shared_tree_lock_lets_two_augs_overlap():
 
 # ====================================================================== 3. zero-step
 def test_zero_step_records_gpa_after_six_violations_at_one_rip():
-    """§4.4 after 6 EPT violations at the same RIP the GPA is recorded; 5 record nothing."""
+    """td_exit_epf_stepping_log(): the first STEPPING_EPF_THRESHOLD (6) EPT violations at
+    one RIP only count; the 7th records its GPA."""
     m = runnable()
     v = m.vcpus[0]
-    for _ in range(5):
+    for _ in range(6):
         m.td_exit(0, G, RIP)
     assert v.zstep_gpas == []
     m.td_exit(0, G, RIP)
@@ -588,7 +589,7 @@ def test_zero_step_needs_six_at_the_same_rip():
     for i in range(12):
         m.td_exit(0, G, RIP + (i % 2))
     assert v.zstep_gpas == []
-    for _ in range(5):
+    for _ in range(6):
         m.td_exit(0, G, RIP + 0x10)
     assert v.zstep_gpas == []
 
@@ -600,7 +601,7 @@ def test_zero_step_progress_clears_gpas():
     arm_zero_step(m, 0, G)
     m.guest_progress(0, RIP + 4)
     assert v.zstep_gpas == []
-    for _ in range(5):
+    for _ in range(6):
         m.td_exit(0, G, RIP + 4)
     assert v.zstep_gpas == []
 
@@ -675,7 +676,7 @@ def test_host_priority_bit():
     e = m.entry(G, PG_LEVEL_4K)
     r = run_threads(sched, g=lambda: m.tdg_mem_page_accept(0, G, PG_LEVEL_4K),
                     h=lambda: m.tdh_mem_range_block(G, PG_LEVEL_4K))
-    assert is_busy(r["h"], TDX_OPERAND_ID_SEPT)
+    assert is_busy(r["h"], TDX_OPERAND_ID_RCX)
     assert m.busy == {"accept": 1}
     assert e.host_prio
     assert r["g"] == TDX_SUCCESS and e.state == MAPPED
@@ -684,6 +685,12 @@ def test_host_priority_bit():
     assert status(err) == TDX_OPERAND_BUSY_HOST_PRIORITY and tdx_operand_busy(err)
     assert m.busy.get("host_priority") == 1
     assert e.host_prio and e.lock is None
+    # No bound on guest attempts (the module has none; its only bound is the 1 s
+    # hp_lock_timeout TD exit, after which the guest still sees BUSY): the bit stays
+    # set until a host takes the lock.
+    for _ in range(50):
+        assert tdx_operand_busy(m.tdg_mem_page_accept(0, G, PG_LEVEL_4K))
+    assert e.host_prio and m.busy["host_priority"] == 51
     assert m.tdh_mem_range_block(G, PG_LEVEL_4K) == TDX_SUCCESS
     assert not e.host_prio and e.state == BLOCKED
 

@@ -1,0 +1,105 @@
+"""Fidelity checks of issue 9: each pins one behaviour of the kernel or the TDX module
+(core/SOURCES.md names the source) and fails on the model's old behaviour."""
+import pytest
+
+from core.findings import ROOT_KINDS, Recorder
+from core.guest import ProgramGuest
+from core.kvm import Kvm
+from core.oracle import classify
+from core.sched import ThreadCtx, current
+from core.spte import FROZEN_SPTE, SHADOW_NONPRESENT_VALUE
+from core.tdx import KVM_REQ_OUTSIDE_GUEST_MODE
+from stress.config import RunConfig
+from stress.runner import run_seed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def vm(variant="hugepage-rfc"):
+    kvm = Kvm(variant, nr_vcpus=1)
+    kvm.build()
+    current().vcpu = kvm.vcpus[0]
+    return kvm
+
+
+@pytest.mark.unit
+def test_a_failed_accept_does_not_feed_zero_step():
+    """td_exit_epf_stepping_log() is called from the hardware EPT-violation handlers
+    only: the EPT violation of a TDG.MEM.PAGE.ACCEPT on a missing page is not counted,
+    a touch of one is."""
+    kvm = vm()
+    kvm.vcpu_enter_guest(kvm.vcpus[0], ProgramGuest((("accept", 0x5, 1),)))
+    assert kvm.module.vcpus[0].ept_count == 0
+    kvm.vcpu_enter_guest(kvm.vcpus[0], ProgramGuest((("touch", 0x6),)))
+    assert kvm.module.vcpus[0].ept_count == 1
+
+
+@pytest.mark.unit
+def test_a_kick_leaves_no_request_behind():
+    """KVM_REQ_OUTSIDE_GUEST_MODE is KVM_REQUEST_NO_ACTION: no request bit is set, so it
+    cannot end a vCPU's local fault-retry loop or be seen by kvm_vcpu_has_events()."""
+    kvm = vm()
+    kvm.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+    v = kvm.vcpus[0]
+    assert v.requests == set() and not v.ipi_pending
+
+
+@pytest.mark.unit
+def test_row5_does_not_count_the_kernels_own_frozen_case():
+    """handle_removed_pt() freezing a non-present child is allowed (the WARN exempts a
+    frozen *new* value): no row, no WARN.  A frozen *old* value is not exempt."""
+    assert classify(SHADOW_NONPRESENT_VALUE, FROZEN_SPTE, 1, True) is None
+    assert classify(FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, 1, False) == 5
+    kvm = vm()
+    ctx = ThreadCtx("t")
+    saved = current()
+    from core.sched import set_current
+    set_current(ctx)
+    try:
+        mmu = kvm.mmu
+        mmu.handle_changed_spte(mmu.mirror_root, 0, SHADOW_NONPRESENT_VALUE, FROZEN_SPTE, 1, True)
+        assert ctx.rows[5] == 0 and kvm.rec.findings == []
+        mmu.handle_changed_spte(mmu.mirror_root, 0, FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, 1, False)
+        assert ctx.rows[5] == 1 and [f.kind for f in kvm.rec.findings] == ["WARN"]
+    finally:
+        set_current(saved)
+
+
+@pytest.mark.unit
+def test_teardown_zaps_leaves_of_a_bugged_vm():
+    """kvm_gmem_release() has no vm_bugged check: the private leaves go before the HKID
+    is released even when the VM is bugged, so none is left in the S-EPT."""
+    kvm = vm()
+    kvm.kvm_prefault(0x3)
+    kvm.kvm_bug_on("test", "bug the VM")
+    kvm.kvm_destroy_vm()
+    assert kvm.module.calls_by_phase["teardown"].get("TDH.MEM.PAGE.REMOVE", 0) >= 1
+    assert not [a for a in kvm.module.audit if a[0] == 5]
+
+
+@pytest.mark.unit
+def test_the_first_bug_is_the_finding():
+    """KVM_BUG_ON warns once per VM: what is reported after the first bug of a run is
+    kept inside it as its consequences, not listed as findings of its own."""
+    rec = Recorder()
+    ctx = ThreadCtx("t")
+    root = rec.report("TDX_BUG_ON", "tdx_sept_remove_private_spte:X", "first", ctx)
+    rec.report("KVM_BUG_ON", "handle_changed_spte", "second", ctx)
+    rec.report("INVARIANT", "invariant1", "third", ctx)
+    rec.report("BUG", "KASAN:use-after-free", "fourth", ctx)
+    assert rec.findings == [root]
+    assert [c["kind"] for c in root.consequences] == ["KVM_BUG_ON", "INVARIANT", "BUG"]
+    assert root.consequences_total == 3
+
+
+def test_hunt_d_runs_report_one_root_bug_each():
+    """Over many hunt-d runs, no run lists more than one bug-kind finding (before: a run
+    listed its TDX_BUG_ON, the KVM_BUG_ON after it, invariants and a use-after-free)."""
+    cfg = RunConfig(variant="hunt-d").validate()
+    with_bug = 0
+    for seed in range(40):
+        r = run_seed(cfg, seed, record_steps=False)
+        roots = [f for f in r.findings if f.kind in ROOT_KINDS]
+        assert len(roots) <= 1, (seed, [f.signature for f in roots])
+        with_bug += bool(roots)
+    assert with_bug >= 10
