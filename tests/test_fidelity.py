@@ -103,3 +103,26 @@ def test_hunt_d_runs_report_one_root_bug_each():
         assert len(roots) <= 1, (seed, [f.signature for f in roots])
         with_bug += bool(roots)
     assert with_bug >= 10
+
+
+@pytest.mark.unit
+def test_prefault_retries_like_kvm_tdp_map_page(monkeypatch):
+    """kvm_tdp_map_page(): ``do { ... } while (r == RET_PF_RETRY)``.  A prefault that
+    gave up after one BUSY left the host-priority bit it set on the entry, and the guest's
+    ACCEPT was refused forever (the HANG a 60 s v6.19 campaign found once the invented
+    bound on host priority was gone)."""
+    from core.tdp_mmu import RET_PF_FIXED, RET_PF_RETRY
+    kvm = vm()
+    results = [RET_PF_RETRY, RET_PF_RETRY, RET_PF_FIXED]
+    calls = []
+
+    def fault(gfn, private=True, level_hint=2, write_lock=False):
+        calls.append(gfn)
+        return results[len(calls) - 1]
+    monkeypatch.setattr(kvm, "kvm_tdp_page_fault", fault)
+    assert kvm.kvm_prefault(0x3) == RET_PF_FIXED
+    assert calls == [0x3] * 3
+    kvm.kvm_bug_on("test", "dead VM")
+    calls.clear()
+    results[:] = [RET_PF_RETRY] * 5
+    assert kvm.kvm_prefault(0x3) == RET_PF_RETRY and calls == []   # -EIO: the VM is dead

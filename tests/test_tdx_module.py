@@ -762,3 +762,51 @@ def test_release_hkid_with_private_leaves_is_audited():
     assert m.release_hkid() == TDX_SUCCESS
     assert m.td_state == TD_TEARDOWN
     assert [n for n, _ in m.audit] == [5]
+
+
+# ====================================================================== 1.5.01 details
+def test_error_values_are_the_modules():
+    """tdx_error_codes_defs.h of TDX 1.5.01."""
+    from core import tdx_errno as E
+    assert E.TDX_LIFECYCLE_STATE_INCORRECT == 0xC000060700000000
+    assert E.TDX_EPT_PAGE_NOT_FREE == 0xC0000B0E00000000
+    assert E.TDX_TD_KEYS_NOT_CONFIGURED == 0x8000081000000000
+    assert E.TDX_OPERAND_ID_TDVPR == 130
+
+
+def test_aug_and_sept_add_after_the_hkid_is_freed():
+    """check_td_in_correct_build_state(): past TDH.MNG.KEY.FREEID every S-EPT call gets
+    TDX_TD_KEYS_NOT_CONFIGURED; RECLAIM before it gets TDX_LIFECYCLE_STATE_INCORRECT."""
+    from core.tdx_errno import TDX_LIFECYCLE_STATE_INCORRECT, TDX_TD_KEYS_NOT_CONFIGURED
+    m = runnable(nr_vcpus=1)
+    add_tables(m, G)
+    assert m.tdh_phymem_page_reclaim(0x90000) == TDX_LIFECYCLE_STATE_INCORRECT
+    assert m.release_hkid() == TDX_SUCCESS
+    assert m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x5000) == TDX_TD_KEYS_NOT_CONFIGURED
+    assert m.tdh_mem_sept_add(G2M, PG_LEVEL_2M, next(_pages)) == TDX_TD_KEYS_NOT_CONFIGURED
+
+
+def test_demote_takes_the_tree_lock_shared():
+    """tdh_mem_page_demote.c: the tree lock is shared, so a DEMOTE goes through while an
+    AUG holds it shared (before: exclusive, BUSY)."""
+    sched, m = controlled([("through", "t1", "TDH.MEM.PAGE.AUG:lock"), ("finish", "t2")])
+    assert m.tdh_mr_finalize() == TDX_SUCCESS
+    map_2m(m, G2M, 0x40000)
+    block_and_track(m, G2M, PG_LEVEL_2M)
+    add_tables(m, G)
+    r = run_threads(sched, t1=lambda: m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x5000),
+                    t2=lambda: m.tdh_mem_page_demote(G2M, PG_LEVEL_2M, next(_pages)))
+    assert r == {"t1": TDX_SUCCESS, "t2": TDX_SUCCESS}
+    assert m.entry(G2M + 5, PG_LEVEL_4K).state == MAPPED
+
+
+def test_page_add_takes_no_entry_lock():
+    """tdh_mem_page_add.c: the TDR exclusively and nothing else; the entry is written
+    unlocked (sept_set_leaf_unlocked_entry)."""
+    m = new_module(nr_vcpus=1)
+    add_tables(m, G)
+    e = m.entry(G, PG_LEVEL_4K)
+    e.lock = object()          # an entry lock held (cannot happen in BUILD; ignored)
+    assert m.tdh_mem_page_add(G, 0x5000) == TDX_SUCCESS
+    assert e.state == MAPPED
+
