@@ -101,7 +101,8 @@ class Kvm:
                  *, nr_vcpus: int = 2, regions: tuple[MemRegion, ...] | None = None,
                  busy_rate: float = 0.0, rng: random.Random | None = None,
                  mutations: frozenset[str] = frozenset(),
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None, signal_rate: float = 0.0,
+                 signal_rng: random.Random | None = None) -> None:
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
         unknown = set(mutations) - MUTATIONS
         if unknown:
@@ -125,10 +126,23 @@ class Kvm:
         self.shared_gfns: set[int] = set()      # memory attributes: these are shared
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
-        self.invalidate_ranges: list[tuple[int, int]] = []
+        self.mmu_invalidate_range: tuple[int, int] | None = None   # merged [start, end)
         self.invalid_slots: list[tuple[int, int]] = []   # KVM_MEMSLOT_INVALID ranges
         self.vm_bugged = False
         self.vm_dead = False
+        self.signal_rate = signal_rate
+        self._signal_rng = signal_rng or random.Random(0)
+        self.signals = 0
+
+    def signal_pending(self) -> bool:
+        """signal_pending(current): a signal for the thread in a retry loop (the VMM's
+        SIGUSR to kick a vCPU thread out to userspace, a fatal signal).  Rare and drawn
+        from the seed's own stream, so a run replays exactly."""
+        def step() -> bool:
+            hit = self.signal_rate > 0.0 and self._signal_rng.random() < self.signal_rate
+            self.signals += hit
+            return hit
+        return self.sched.op("signal_pending", None, step)
 
     # ------------------------------------------------------------------ reporting
     def _mark_bugged(self) -> None:
@@ -219,27 +233,55 @@ class Kvm:
                    for i in range(512))
 
     # ------------------------------------------------------------------ invalidation
-    def kvm_mmu_invalidate_begin(self, start: int, end: int) -> None:
-        """kvm_mmu_invalidate_begin(): faults in the range will retry until _end."""
+    def kvm_mmu_invalidate_begin(self) -> None:
+        """kvm_mmu_invalidate_begin() (virt/kvm/kvm_main.c), mmu_lock held for write: one
+        more invalidation in progress; the first one resets the merged range."""
+        self.mmu_lock.lockdep_assert_held_write("kvm_mmu_invalidate_begin")
+
         def step() -> None:
             self.mmu_invalidate_in_progress += 1
-            self.invalidate_ranges.append((start, end))
-        self.sched.op("kvm_mmu_invalidate_begin", (start, end), step)
+            if self.mmu_invalidate_in_progress == 1:
+                self.mmu_invalidate_range = None
+        self.sched.op("kvm_mmu_invalidate_begin", None, step)
 
-    def kvm_mmu_invalidate_end(self, start: int, end: int) -> None:
-        """kvm_mmu_invalidate_end(): bump the sequence count, end the range."""
+    def kvm_mmu_invalidate_range_add(self, start: int, end: int) -> None:
+        """kvm_mmu_invalidate_range_add(), mmu_lock held for write: KVM keeps *one* range,
+        the union hull of every range added while invalidations are in progress, so a
+        fault anywhere in it retries (wider than the ranges really being zapped)."""
+        self.mmu_lock.lockdep_assert_held_write("kvm_mmu_invalidate_range_add")
+
+        def step() -> None:
+            r = self.mmu_invalidate_range
+            self.mmu_invalidate_range = (start, end) if r is None else (
+                min(r[0], start), max(r[1], end))
+        self.sched.op("kvm_mmu_invalidate_range_add", (start, end), step)
+
+    def kvm_mmu_invalidate_end(self) -> None:
+        """kvm_mmu_invalidate_end(), mmu_lock held for write: bump the sequence count,
+        one invalidation fewer in progress."""
+        self.mmu_lock.lockdep_assert_held_write("kvm_mmu_invalidate_end")
+
         def step() -> None:
             self.mmu_invalidate_seq += 1
             self.mmu_invalidate_in_progress -= 1
-            self.invalidate_ranges.remove((start, end))
-        self.sched.op("kvm_mmu_invalidate_end", (start, end), step)
+        self.sched.op("kvm_mmu_invalidate_end", None, step)
+
+    def _invalidate_end(self) -> None:
+        """KVM_MMU_LOCK(); kvm_mmu_invalidate_end(); KVM_MMU_UNLOCK() (the second half of
+        kvm_gmem_invalidate_end() and of KVM_SET_MEMORY_ATTRIBUTES' post-set pass)."""
+        self.mmu_lock.write_lock()
+        try:
+            self.kvm_mmu_invalidate_end()
+        finally:
+            self.mmu_lock.write_unlock()
 
     def is_page_fault_stale(self, fault: PageFault) -> bool:
         """is_page_fault_stale() / mmu_invalidate_retry_gfn()."""
         def step() -> bool:
             if self.vm_dead:
                 return True
-            if any(s <= fault.gfn < e for s, e in self.invalidate_ranges):
+            r = self.mmu_invalidate_range
+            if self.mmu_invalidate_in_progress and (r is None or r[0] <= fault.gfn < r[1]):
                 return True
             return self.mmu_invalidate_seq != fault.mmu_seq
         return self.sched.op("is_page_fault_stale", fault.gfn, step)
@@ -292,7 +334,9 @@ class Kvm:
                 # the leaf under the write lock, then fault the 4K page in.
                 self.kvm_split_huge_page(exit.gfn)
                 continue
-            if ret != RET_PF_RETRY:
+            # "if (ret != RET_PF_RETRY || !local_retry) break;": a shared GPA goes back
+            # to the guest at once
+            if ret != RET_PF_RETRY or not exit.private:
                 return ret
             vcpu.stats["fault_retries"] += 1
             # "Bail if the memslot is invalid, i.e. is being deleted, as faulting in will
@@ -306,8 +350,10 @@ class Kvm:
                 return ret
             # "if (kvm_vcpu_has_events(vcpu) || signal_pending(current)) break;": the
             # model has no interrupts, NMIs or SMIs to deliver, and a kick is no
-            # event (KVM_REQ_OUTSIDE_GUEST_MODE leaves nothing behind), so only a dead
-            # VM ends the loop here ("if (kvm_test_request(KVM_REQ_VM_DEAD, vcpu))").
+            # event (KVM_REQ_OUTSIDE_GUEST_MODE leaves nothing behind); a signal is a
+            # rare seeded event; then "if (kvm_test_request(KVM_REQ_VM_DEAD, vcpu))".
+            if self.signal_pending():
+                return ret
             if self.sched.op("kvm_test_request(KVM_REQ_VM_DEAD)", vcpu.vcpu_id,
                              lambda: KVM_REQ_VM_DEAD in vcpu.requests):
                 return ret
@@ -402,6 +448,10 @@ class Kvm:
         if exit.reason == "ept":
             vcpu.stats["ept"] += 1
             ret = self.tdx_handle_ept_violation(vcpu, exit)
+            if ret == RET_PF_RETRY:
+                # back to vcpu_run()'s loop, which reschedules before the next entry
+                # (xfer_to_guest_mode_handle_work())
+                cpu_relax(self.sched, "cond_resched")
             if ret == RET_PF_MEMORY_FAULT and exit.gfn is not None:
                 # KVM_EXIT_MEMORY_FAULT: the VMM converts the page back to private on
                 # this vCPU's thread (the guest asked for a private access), then re-enters.
@@ -418,17 +468,16 @@ class Kvm:
         """KVM ioctls fail with -EIO once the VM is bugged."""
         return not self.sched.op("READ(vm_dead)", None, lambda: self.vm_dead)
 
-    def _zap_range(self, start: int, end: int, private: bool, shared_lock: bool = False) -> None:
+    def kvm_mmu_unmap_gfn_range(self, start: int, end: int, private: bool) -> None:
+        """The first half of an invalidation (kvm_gmem_invalidate_begin(),
+        KVM_SET_MEMORY_ATTRIBUTES' pre-set pass): under the write lock,
+        kvm_mmu_invalidate_begin(), kvm_mmu_invalidate_range_add() and the zap of the
+        root's leaves (kvm_unmap_gfn_range() -> tdp_mmu_zap_leafs())."""
         root = self.mmu.mirror_root if private else self.mmu.direct_root
-        if shared_lock:
-            self.mmu_lock.read_lock()
-            try:
-                self.mmu.tdp_mmu_zap_leafs_atomic(root, start, end)
-            finally:
-                self.mmu_lock.read_unlock()
-            return
         self.mmu_lock.write_lock()
         try:
+            self.kvm_mmu_invalidate_begin()
+            self.kvm_mmu_invalidate_range_add(start, end)
             self.mmu.tdp_mmu_zap_leafs(root, start, end)
         finally:
             self.mmu_lock.write_unlock()
@@ -437,22 +486,20 @@ class Kvm:
         """guest_memfd FALLOC_FL_PUNCH_HOLE (kvm_gmem_punch_hole()): zap the private range,
         free its pages.  A file operation, not a VM ioctl: it runs on a bugged VM too
         (no vm_dead check on the path down to the S-EPT removal)."""
-        self.kvm_mmu_invalidate_begin(start, end)
-        self._zap_range(start, end, private=True)
+        self.kvm_mmu_unmap_gfn_range(start, end, private=True)
 
         def free() -> None:
             for g in range(start, end):
                 self.gmem.pop(g, None)
         self.sched.op("kvm_gmem_free", (start, end), free)
-        self.kvm_mmu_invalidate_end(start, end)
+        self._invalidate_end()
 
     def kvm_vm_set_mem_attributes(self, start: int, end: int, shared: bool) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES: convert a range; the mapping in the root being
         left is zapped (private->shared zaps the mirror)."""
         if not self._ioctl_alive():
             return
-        self.kvm_mmu_invalidate_begin(start, end)
-        self._zap_range(start, end, private=shared)
+        self.kvm_mmu_unmap_gfn_range(start, end, private=shared)
 
         def flip() -> None:
             for g in range(start, end):
@@ -461,7 +508,7 @@ class Kvm:
                 else:
                     self.shared_gfns.discard(g)
         self.sched.op("set_mem_attributes", (start, end, shared), flip)
-        self.kvm_mmu_invalidate_end(start, end)
+        self._invalidate_end()
 
     def kvm_memslot_delete_readd(self, start: int, end: int) -> None:
         """Delete and re-add a memslot: the slot is marked KVM_MEMSLOT_INVALID, both
@@ -476,20 +523,39 @@ class Kvm:
             else:
                 self.invalid_slots.remove((start, end))
         self.sched.op("memslot.invalidate", (start, end), lambda: mark(True))
-        self.kvm_mmu_invalidate_begin(start, end)
-        self._zap_range(start, end, private=True)
-        self._zap_range(start, end, private=False)
-        self.kvm_mmu_invalidate_end(start, end)
+        # kvm_mmu_zap_memslot(): both roots in one write-lock section.  The kernel first
+        # waits out every vCPU inside the fault path (synchronize_srcu); the model has no
+        # SRCU, and stands in for it with an invalidation bracket inside the same section
+        # (a fault that resolved its pfn before the slot went invalid sees the sequence
+        # count move and retries).
+        self.mmu_lock.write_lock()
+        try:
+            self.kvm_mmu_invalidate_begin()
+            self.kvm_mmu_invalidate_range_add(start, end)
+            self.mmu.tdp_mmu_zap_leafs(self.mmu.mirror_root, start, end)
+            self.mmu.tdp_mmu_zap_leafs(self.mmu.direct_root, start, end)
+            self.kvm_mmu_invalidate_end()
+        finally:
+            self.mmu_lock.write_unlock()
         self.sched.op("memslot.readd", (start, end), lambda: mark(False))
 
     def kvm_mmu_notifier_zap(self, start: int, end: int) -> None:
-        """An MMU-notifier-style unmap of private leaves.  As designed: the write lock
-        (row 12).  hunt-c: the atomic zap under the read lock (row 11)."""
+        """An unmap of private leaves.  As designed: an invalidation (bracket and zap under
+        the write lock, row 12).  hunt-c's patch: the atomic zap under the read lock
+        (row 11), the way the TDP MMU's read-lock zaps of direct roots run
+        (tdp_mmu_zap_possible_nx_huge_page(), zap_collapsible_spte_range()): no
+        invalidation bracket, whose begin and end need the write lock."""
         if not self._ioctl_alive():
             return
-        self.kvm_mmu_invalidate_begin(start, end)
-        self._zap_range(start, end, private=True, shared_lock=self.variant.hunt == "c")
-        self.kvm_mmu_invalidate_end(start, end)
+        if self.variant.hunt == "c":
+            self.mmu_lock.read_lock()
+            try:
+                self.mmu.tdp_mmu_zap_leafs_atomic(self.mmu.mirror_root, start, end)
+            finally:
+                self.mmu_lock.read_unlock()
+            return
+        self.kvm_mmu_unmap_gfn_range(start, end, private=True)
+        self._invalidate_end()
 
     def kvm_split_huge_page(self, gfn: int) -> bool:
         """Split the private 2M leaf mapping ``gfn`` under the write lock (row 8)."""
@@ -518,14 +584,13 @@ class Kvm:
         if self.variant.hunt != "d" or not self._ioctl_alive():
             return False
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        end = base + 512
-        self.kvm_mmu_invalidate_begin(base, end)
+        # as tdp_mmu_zap_possible_nx_huge_page() does on a direct root: no invalidation
+        # bracket (its begin and end need the write lock)
         self.mmu_lock.read_lock()
         try:
             return self.mmu.tdp_mmu_zap_table(self.mmu.mirror_root, base, PG_LEVEL_2M)
         finally:
             self.mmu_lock.read_unlock()
-            self.kvm_mmu_invalidate_end(base, end)
 
     def kvm_prefault(self, gfn: int) -> int:
         """KVM_PRE_FAULT_MEMORY: kvm_tdp_map_page(), which retries the fault for as long
@@ -537,6 +602,8 @@ class Kvm:
         hunt-a1: the leaf is installed with the plain setter under the write lock
         (row 2) once the tables above it exist (linking them stays as designed)."""
         while True:
+            if self.signal_pending():
+                return RET_PF_RETRY         # -EINTR
             if not self._ioctl_alive():
                 return RET_PF_RETRY
             if self.variant.hunt == "a1" and self._tables_present(gfn, PG_LEVEL_4K):

@@ -33,6 +33,9 @@ class RunConfig:
     busy_rate: float = 0.0
     max_steps: int = 200_000    # a run past this without ending is a HANG
     stall_rate: float = 0.05    # free mode: chance of a short stall at a yield point
+    # chance, per turn of a retry loop (tdx_handle_ept_violation, kvm_tdp_map_page), that
+    # a signal is pending for the thread (signal_pending(current)): rare, seeded
+    signal_rate: float = 0.0002
 
     def validate(self) -> "RunConfig":
         get_variant(self.variant)   # raises UnknownVariant with the list of valid ones
@@ -49,6 +52,7 @@ class RunConfig:
             (0.0 <= self.busy_rate < 1.0, "--busy-rate must be at least 0 and below 1"),
             (100 <= self.max_steps <= 100_000_000, "--max-steps must be between 100 and 1e8"),
             (0.0 <= self.stall_rate <= 1.0, "the stall rate must be between 0 and 1"),
+            (0.0 <= self.signal_rate < 1.0, "the signal rate must be at least 0 and below 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,7 +27,7 @@ from .controlled import (
     is_sync,
 )
 from .free import FreeScheduler, TraceStrategy
-from .workload import Workload, generate, new_vm, vcpu_role, zapper_role
+from .workload import Running, Workload, generate, new_vm, vcpu_role, zapper_role
 
 StopOn = Callable[[Finding], bool]
 
@@ -114,12 +114,14 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     setup_ctx = ThreadCtx("setup")      # building the TD links tables: rows count too
     set_current(setup_ctx)
     try:
-        kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs))
+        kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs),
+                     streams.get("signal"))
         kvm.build(workload.initial)
         max_trips = 3000  # entries without progress before a vCPU is called livelocked
-        threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips))
+        running = Running(len(workload.zaps))
+        threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips, running))
                    for i, prog in enumerate(workload.programs)]
-        threads += [(f"zapper{j}", zapper_role(kvm, script))
+        threads += [(f"zapper{j}", zapper_role(kvm, script, running))
                     for j, script in enumerate(workload.zaps)]
         sched.run(threads)
         workers = [t.ctx for t in sched.threads] if isinstance(sched, ControlledScheduler) \

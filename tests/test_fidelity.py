@@ -126,3 +126,48 @@ def test_prefault_retries_like_kvm_tdp_map_page(monkeypatch):
     calls.clear()
     results[:] = [RET_PF_RETRY] * 5
     assert kvm.kvm_prefault(0x3) == RET_PF_RETRY and calls == []   # -EIO: the VM is dead
+
+
+@pytest.mark.unit
+def test_invalidation_keeps_one_merged_range_under_the_write_lock():
+    """kvm_mmu_invalidate_begin/range_add/end assert the write lock, and KVM keeps one
+    merged range: with [0x0, 0x2) and [0x8, 0xa) in progress, a fault at 0x5 retries
+    too (exact per-range tracking would let it through)."""
+    from core.tdp_mmu import PageFault
+    kvm = vm()
+    kvm.mmu_lock.write_lock()
+    for start, end in ((0x0, 0x2), (0x8, 0xa)):
+        kvm.kvm_mmu_invalidate_begin()
+        kvm.kvm_mmu_invalidate_range_add(start, end)
+    kvm.mmu_lock.write_unlock()
+    assert kvm.mmu_invalidate_range == (0x0, 0xa)
+    seq = kvm.mmu_invalidate_seq
+    assert kvm.is_page_fault_stale(PageFault(0x5, 1, True, 0x1234, seq))
+    assert not kvm.is_page_fault_stale(PageFault(0x20, 1, True, 0x1234, seq))
+    kvm._invalidate_end()
+    kvm._invalidate_end()
+    assert kvm.mmu_invalidate_in_progress == 0 and kvm.mmu_invalidate_seq == seq + 2
+    assert kvm.rec.findings == []
+    kvm.kvm_mmu_invalidate_begin()          # no lock held: lockdep
+    assert [f.kind for f in kvm.rec.findings] == ["LOCKDEP"]
+
+
+@pytest.mark.unit
+def test_local_retry_is_for_private_gpas_and_ends_on_a_signal(monkeypatch):
+    """tdx_handle_ept_violation(): "Only private GPA triggers zero-step mitigation", so
+    only a private fault is retried locally; the loop also ends on signal_pending()."""
+    import random
+
+    from core.kvm import GuestExit
+    from core.tdp_mmu import RET_PF_RETRY
+    kvm = vm()
+    calls = []
+    monkeypatch.setattr(kvm, "kvm_tdp_page_fault",
+                        lambda *a, **k: calls.append(a) or RET_PF_RETRY)
+    v = kvm.vcpus[0]
+    assert kvm.tdx_handle_ept_violation(v, GuestExit("ept", 0x41, private=False)) == RET_PF_RETRY
+    assert len(calls) == 1
+    kvm.signal_rate, kvm._signal_rng = 0.5, random.Random(3)
+    calls.clear()
+    assert kvm.tdx_handle_ept_violation(v, GuestExit("ept", 0x5)) == RET_PF_RETRY
+    assert kvm.signals == 1 and 1 <= len(calls) < 20
