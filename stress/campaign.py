@@ -142,6 +142,7 @@ class FindingAgg:
     first_seed: int = -1
     first_elapsed_s: float = 0.0
     repro: str = ""
+    where: str = ""              # the kernel/TDX function (and SEAMCALL, error) it came from
     # what the first seed's run reported after this finding (core.findings: the first
     # bug is the finding, what a bugged VM does next is its consequence)
     consequences: list[dict] = field(default_factory=list)
@@ -151,7 +152,7 @@ class FindingAgg:
         return {"signature": self.signature, "kind": self.kind, "path": self.path,
                 "row": self.row, "count": self.count, "occurrences": self.occurrences,
                 "first_seed": self.first_seed, "first_elapsed_s": round(self.first_elapsed_s, 3),
-                "repro": self.repro, "message": self.message,
+                "repro": self.repro, "message": self.message, "where": self.where,
                 "consequences": self.consequences,
                 "consequences_total": self.consequences_total}
 
@@ -298,7 +299,7 @@ class Campaign:
             if agg is None:
                 agg = self.findings[sig] = FindingAgg(sig, f.kind, f.path, f.row,
                                                       f.message.splitlines()[0],
-                                                      first_elapsed_s=elapsed)
+                                                      first_elapsed_s=elapsed, where=f.where)
             agg.count += 1
             agg.occurrences += s["counts"].get(sig, 1)
             if new or s["seed"] < agg.first_seed:

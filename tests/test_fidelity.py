@@ -171,3 +171,15 @@ def test_local_retry_is_for_private_gpas_and_ends_on_a_signal(monkeypatch):
     calls.clear()
     assert kvm.tdx_handle_ept_violation(v, GuestExit("ept", 0x5)) == RET_PF_RETRY
     assert kvm.signals == 1 and 1 <= len(calls) < 20
+
+
+@pytest.mark.unit
+def test_a_summary_finding_says_where_so_its_hunt_recognises_it():
+    """summary.json's findings carry ``where``: the nightly job and the pytest plugin
+    judge a hunt from them (hunt-a1's bug is the KVM_BUG_ON of handle_changed_spte)."""
+    from core.variants import get_variant
+    from stress.campaign import FindingAgg
+    f = FindingAgg("KVM_BUG_ON:handle_changed_spte:row=2:path=a1", "KVM_BUG_ON", "a1", 2,
+                   "set_external_spte failed", where="handle_changed_spte").to_dict()
+    assert get_variant("hunt-a1").hunt_hit(f)
+    assert not get_variant("hunt-a2").hunt_hit(f)
