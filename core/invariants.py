@@ -87,6 +87,17 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
                     out.append((3, f"S-EPT {e.state} gfn={gfn:#x} L{level} is orphaned "
                                    f"(parent {getattr(parent, 'state', FREE)})"))
 
+    # 10: no private leaf covers a GFN whose memory attributes say shared (a 2M private
+    # leaf installed over a GFN that was just converted would let the guest reach
+    # private memory at a shared GPA's page).
+    for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root):
+        if is_shadow_present_pte(v) and is_last_spte(v, level):
+            shared = [g for g in range(gfn, gfn + level_pages(level)) if g in kvm.shared_gfns]
+            if shared:
+                out.append((10, f"private leaf gfn={gfn:#x} L{level} covers shared GFN "
+                                f"{shared[0]:#x}" + (f" and {len(shared) - 1} more"
+                                                     if len(shared) > 1 else "")))
+
     # 8: a guest page is mapped in at most one S-EPT leaf.
     owner: dict[int, tuple[int, int]] = {}
     for (level, gfn), e in m.entries.items():

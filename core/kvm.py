@@ -468,7 +468,8 @@ class Kvm:
         """KVM ioctls fail with -EIO once the VM is bugged."""
         return not self.sched.op("READ(vm_dead)", None, lambda: self.vm_dead)
 
-    def kvm_mmu_unmap_gfn_range(self, start: int, end: int, private: bool) -> None:
+    def kvm_mmu_unmap_gfn_range(self, start: int, end: int, private: bool,
+                                invalidate: tuple[int, int] | None = None) -> None:
         """The first half of an invalidation (kvm_gmem_invalidate_begin(),
         KVM_SET_MEMORY_ATTRIBUTES' pre-set pass): under the write lock,
         kvm_mmu_invalidate_begin(), kvm_mmu_invalidate_range_add() and the zap of the
@@ -477,7 +478,7 @@ class Kvm:
         self.mmu_lock.write_lock()
         try:
             self.kvm_mmu_invalidate_begin()
-            self.kvm_mmu_invalidate_range_add(start, end)
+            self.kvm_mmu_invalidate_range_add(*(invalidate or (start, end)))
             self.mmu.tdp_mmu_zap_leafs(root, start, end)
         finally:
             self.mmu_lock.write_unlock()
@@ -494,12 +495,27 @@ class Kvm:
         self.sched.op("kvm_gmem_free", (start, end), free)
         self._invalidate_end()
 
+    def kvm_arch_pre_set_memory_attributes_range(self, start: int, end: int
+                                                  ) -> tuple[int, int]:
+        """The range kvm_arch_pre_set_memory_attributes() invalidates: widened to the
+        huge-page-aligned head and tail, because a fault elsewhere in a 2M range may have
+        computed a 2M max level from the old attributes (model helper; the kernel does it
+        by zapping and adding the head and tail)."""
+        if not self.variant.hugepages:
+            return start, end
+        return (gfn_round_for_level(start, PG_LEVEL_2M),
+                gfn_round_for_level(end + 511, PG_LEVEL_2M))
+
     def kvm_vm_set_mem_attributes(self, start: int, end: int, shared: bool) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES: convert a range; the mapping in the root being
-        left is zapped (private->shared zaps the mirror)."""
+        left is zapped (private->shared zaps the mirror), over the range widened to the
+        huge-page head and tail, so that no fault that read the old attributes can
+        install a huge leaf across the converted GFNs."""
         if not self._ioctl_alive():
             return
-        self.kvm_mmu_unmap_gfn_range(start, end, private=shared)
+        self.kvm_mmu_unmap_gfn_range(start, end, private=shared,
+                                     invalidate=self.kvm_arch_pre_set_memory_attributes_range(
+                                         start, end))
 
         def flip() -> None:
             for g in range(start, end):

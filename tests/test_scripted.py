@@ -190,3 +190,26 @@ def test_d_uncontended_table_zap_bugs_on_the_hkid(variant, bug):
     assert seq.kvm.module.peek(0, 2).state == NL_MAPPED
     assert seq.kvm.module.peek(ZS_GFN, 1).state == FREE
     assert any(c["kind"] == "INVARIANT" for c in roots[0].consequences)
+
+
+@pytest.mark.parametrize("widen", [True, False])
+def test_no_private_2m_leaf_over_a_gfn_just_made_shared(widen, monkeypatch):
+    """A fault at 0x200 computes its max level (2M: the folio is all private) just before
+    a conversion of 0x205 to shared zaps and flips the attributes.  KVM widens that
+    invalidation to the huge-page-aligned head and tail
+    (kvm_arch_pre_set_memory_attributes() -> kvm_mmu_invalidate_range_add()), so the
+    fault at 0x200 is stale and retries at 4K; without the widening a 2M private leaf
+    would cover the shared GFN 0x205 (invariant 10)."""
+    from core.kvm import Kvm
+    if not widen:
+        monkeypatch.setattr(Kvm, "kvm_arch_pre_set_memory_attributes_range",
+                            lambda self, start, end: (start, end))
+    seq = Sequencer("hugepage-rfc", [("through", "fault", "kvm_gmem_get_pfn"),
+                                     ("through", "conv", "set_mem_attributes"),
+                                     ("finish", "fault"), ("finish", "conv")])
+    seq.kvm.build()
+    seq.run(fault=lambda: seq.kvm.kvm_tdp_page_fault(0x200, True, 2),
+            conv=lambda: seq.kvm.kvm_vm_set_mem_attributes(0x205, 0x206, shared=True))
+    seq.check()
+    broken = [f.message for f in seq.rec.findings if f.where == "invariant10"]
+    assert bool(broken) == (not widen), broken
