@@ -555,15 +555,20 @@ class Kvm:
             self.mmu_lock.write_unlock()
         self.sched.op("memslot.readd", (start, end), lambda: mark(False))
 
-    def kvm_mmu_notifier_zap(self, start: int, end: int) -> None:
-        """An unmap of private leaves.  As designed: an invalidation (bracket and zap under
-        the write lock, row 12).  hunt-c's patch: the atomic zap under the read lock
-        (row 11), the way the TDP MMU's read-lock zaps of direct roots run
-        (tdp_mmu_zap_possible_nx_huge_page(), zap_collapsible_spte_range()): no
-        invalidation bracket, whose begin and end need the write lock."""
-        if not self._ioctl_alive():
-            return
+    def kvm_gmem_error_folio(self, start: int, end: int) -> None:
+        """kvm_gmem_error_folio() (virt/kvm/guest_memfd.c): a memory failure on a
+        guest_memfd folio unmaps its private range (kvm_gmem_invalidate_begin(): bracket
+        and zap under the write lock, row 12, then kvm_gmem_invalidate_end()); the folio
+        stays, unlike a hole punch.  No HVA-based MMU notifier zaps the mirror root
+        (__kvm_handle_hva_range() filters to shared), so this is the kernel's nearest
+        unmap of private leaves that frees nothing.  hunt-c's patch: the atomic zap under
+        the read lock (row 11), the way the TDP MMU's read-lock zaps of direct roots run
+        (tdp_mmu_zap_possible_nx_huge_page(), zap_collapsible_spte_range()), with no
+        invalidation bracket, whose begin and end need the write lock.  Not an ioctl: no
+        vm_dead check, it runs on a bugged VM too."""
         if self.variant.hunt == "c":
+            if not self._ioctl_alive():
+                return          # the what-if zap is an ioctl-driven path
             self.mmu_lock.read_lock()
             try:
                 self.mmu.tdp_mmu_zap_leafs_atomic(self.mmu.mirror_root, start, end)

@@ -81,7 +81,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("hugepage-rfc", "refactor-2026 plus private 2M leaves, split under the write "
             "lock (row 8); page tables removed only at teardown (row 14)", **_BASE),
     Variant("hunt-a1", "hugepage-rfc plus prefault installing mirror leaves under the "
-            "write lock (row 2)", hunt="a1", opens_row=2, hunt_kind="KVM_BUG_ON",
+            "write lock (row 2); no kernel maps under the write lock (kvm_tdp_mmu_map() "
+            "runs under the read lock): a canary", hunt="a1", opens_row=2, hunt_kind="KVM_BUG_ON",
             hunt_where="handle_changed_spte", **_BASE),
     Variant("hunt-a2", "hugepage-rfc plus table population linking mirror tables under the "
             "write lock (row 4)", hunt="a2", opens_row=4, hunt_kind="KVM_BUG_ON",

@@ -164,7 +164,7 @@ def run_zap_op(kvm: Kvm, op: tuple) -> None:
     elif name == "memslot":
         kvm.kvm_memslot_delete_readd(g, g + n)
     elif name == "notifier":
-        kvm.kvm_mmu_notifier_zap(g, g + n)
+        kvm.kvm_gmem_error_folio(g, g + n)
     elif name == "split":
         kvm.kvm_split_huge_page(g)
     elif name == "zap_table":

@@ -126,8 +126,8 @@ def test_c_two_read_lock_removals_race(variant, bug):
     the other's BLOCK fails twice (tdh_do_no_vcpus cannot help) -> TDX_BUG_ON path c."""
     seq = Sequencer(variant, [("through", "z1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "z2")])
     _two_mapped_leaves(seq)
-    seq.run(z1=lambda: seq.kvm.kvm_mmu_notifier_zap(0x3, 0x4),
-            z2=lambda: seq.kvm.kvm_mmu_notifier_zap(0x4, 0x5))
+    seq.run(z1=lambda: seq.kvm.kvm_gmem_error_folio(0x3, 0x4),
+            z2=lambda: seq.kvm.kvm_gmem_error_folio(0x4, 0x5))
     assert bool(seq.found("TDX_BUG_ON", "c")) == bug
     if bug:
         # the every-call warning is there too, with its own signature

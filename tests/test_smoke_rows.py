@@ -25,7 +25,7 @@ def drive(variant: str) -> tuple[Kvm, dict[int, int]]:
     kvm.kvm_split_huge_page(0x205)        # row 8 (hugepages)
     kvm.kvm_recover_huge_pages(0x205)     # row 9 (hunt-b)
     kvm.kvm_split_huge_page(0x205)
-    kvm.kvm_mmu_notifier_zap(0x2, 0x3)    # row 12, or 11 (hunt-c)
+    kvm.kvm_gmem_error_folio(0x2, 0x3)    # row 12, or 11 (hunt-c)
     kvm.kvm_zap_table(0x205)              # nothing, or row 13 (hunt-d); 14 only at teardown
     kvm.kvm_prefault(0x6)                 # row 1, or 2 (hunt-a1)
     kvm.kvm_populate_tables(0x20007)      # row 3, or 4 (hunt-a2): a range with no table
