@@ -143,6 +143,3 @@ class Recorder:
         return [f for f in self.findings
                 if f.kind == kind and (path is None or f.path == path)]
 
-    def consequences(self) -> list[dict]:
-        """Everything reported after the root finding, in order."""
-        return [c for f in self.findings for c in f.consequences]

@@ -67,6 +67,10 @@ TD_TEARDOWN = "TEARDOWN"     # HKID released: only reclaim
 ZERO_STEP_THRESHOLD = 6
 ZERO_STEP_MAX_GPAS = 32
 
+# TD phases, for counting SEAMCALLs (accounting only): "build" until TDH.MR.FINALIZE,
+# "runnable", then "teardown" from the moment KVM starts destroying the VM.
+PHASES = ("build", "runnable", "teardown")
+
 # Who holds a lock, for classifying BUSY by source.
 SRC_ZERO_STEP = "zero_step"
 SRC_EPOCH = "epoch"
@@ -186,12 +190,10 @@ class TdxModule:
         self.mutations = mutations
         self.busy: dict[str, int] = {}
         self.calls: dict[str, int] = {}
-        # SEAMCALLs and TDCALLs by TD phase, for the summary (what a user checks first
-        # when a result looks odd): "build" until TDH.MR.FINALIZE, "runnable", then
-        # "teardown" from the moment KVM starts destroying the VM (set by KVM).
-        self.phase = "build"
-        self.calls_by_phase: dict[str, dict[str, int]] = {
-            "build": {}, "runnable": {}, "teardown": {}}
+        # SEAMCALLs and TDCALLs by TD phase (PHASES), for the summary: what a user
+        # checks first when a result looks odd.  KVM sets "teardown".
+        self.phase = PHASES[0]
+        self.calls_by_phase: dict[str, dict[str, int]] = {p: {} for p in PHASES}
         self.audit: list[tuple[int, str]] = []   # (MODEL §7 invariant number, message)
         self.audit_checked = 0                   # how much of it the checker has seen
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from core.oracle import EXPECTED, ROW_TEXT
+from core.tdx_module import PHASES
 
 SUMMARY_SCHEMA = "tdx-stress/summary/1"
 PLOT_HINT = "pip install 'tdx-stress[plot]'"
@@ -245,7 +246,7 @@ def rate(s: dict) -> float:
 def seamcall_table(s: dict) -> tuple[list[str], list[list[object]]]:
     """SEAMCALLs (and the guest's TDCALLs) by TD phase, then the rows of the scenario
     table that each phase hit: (head, rows) for Markdown and HTML alike."""
-    phases = ("build", "runnable", "teardown")
+    phases = PHASES
     calls = s.get("seamcalls") or {}
     names = sorted({n for c in calls.values() for n in c})
     head = ["SEAMCALL"] + list(phases)

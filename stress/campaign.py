@@ -31,13 +31,13 @@ from typing import Callable
 from core import __version__
 from core.findings import Finding
 from core.oracle import ROW_TEXT
+from core.tdx_module import PHASES
 
 from .config import RunConfig
 from .repro import Repro, make_repro, write_repro
 from .runner import RunResult, hunt_stop, run_seed
 
 SUMMARY_SCHEMA = "tdx-stress/summary/1"
-PHASES = ("build", "runnable", "teardown")     # TD phases (core.tdx_module.TdxModule.phase)
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 
 
@@ -175,7 +175,7 @@ class Totals:
     sync_steps_max: int = 0
     runs_past_k: int = 0
     seamcalls: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {"build": {}, "runnable": {}, "teardown": {}})
+        default_factory=lambda: {p: {} for p in PHASES})
     rows_by_phase: dict[str, list[int]] = field(
         default_factory=lambda: {p: [0] * 15 for p in PHASES})
 

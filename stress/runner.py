@@ -13,6 +13,7 @@ from typing import Callable
 from core.findings import Finding, Recorder
 from core.invariants import report_invariants
 from core.sched import ThreadCtx, current, set_current
+from core.tdx_module import PHASES
 from core.variants import get_variant
 
 from .config import RunConfig, Streams
@@ -139,9 +140,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
 
     rows = [0] * 15
     attr = 0
-    rows_by_phase = {"build": [0] * 15, "runnable": [0] * 15, "teardown": [0] * 15}
-    for phase, ctxs in (("build", [setup_ctx]), ("runnable", workers),
-                        ("teardown", [teardown_ctx])):
+    rows_by_phase = {p: [0] * 15 for p in PHASES}
+    for phase, ctxs in zip(PHASES, ([setup_ctx], workers, [teardown_ctx]), strict=True):
         for ctx in ctxs:
             for i in range(15):
                 rows[i] += ctx.rows[i]
