@@ -6,7 +6,7 @@ print the median wall time and seeds to it.  One process, default configuration 
 `tdx-stress run --variant hunt-X --stop-on-first --strategy S` would use, minus the
 worker start-up).
 
-Run: python bench/bench_hunts.py [--cap S] [--bases N]
+Run: python bench/bench_hunts.py [--cap S] [--bases N] [--guest linux]
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
 STRATEGIES = (("pct", "controlled"), ("random", "controlled"), ("pct", "free"))
 
 
-def time_to_first(variant: str, strategy: str, mode: str, base: int, cap: float):
-    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode).validate()
+def time_to_first(variant: str, strategy: str, mode: str, base: int, cap: float,
+                  guest: str = "ve-accept"):
+    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode, guest=guest,
+                    conversions="mapgpa" if guest == "linux" else "async").validate()
     stop = hunt_stop(variant)
     t0 = time.perf_counter()
     n = 0
@@ -42,7 +44,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=float, default=60.0, help="seconds per search")
     ap.add_argument("--bases", type=int, default=5)
+    ap.add_argument("--guest", default="ve-accept", choices=("ve-accept", "linux"),
+                    help="the guest (linux: with MapGPA conversions)")
     args = ap.parse_args()
+    print(f"guest {args.guest}")
     bases = [100_000 * (i + 1) for i in range(args.bases)]
     head = f"{'hunt':<8}" + "".join(f" | {s + ('/' + m if m == 'free' else ''):>24}"
                                     for s, m in STRATEGIES)
@@ -53,7 +58,7 @@ def main() -> int:
         for s, m in STRATEGIES:
             times, seeds, missed = [], [], 0
             for b in bases:
-                t, n = time_to_first(v, s, m, b, args.cap)
+                t, n = time_to_first(v, s, m, b, args.cap, args.guest)
                 seeds.append(n)
                 if t is None:
                     missed += 1

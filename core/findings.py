@@ -25,7 +25,10 @@ from typing import Callable
 
 from .sched import ThreadCtx
 
-KINDS = ("KVM_BUG_ON", "TDX_BUG_ON", "WARN", "BUG", "LOCKDEP", "INVARIANT", "DEADLOCK", "HANG")
+# GUEST: a correct guest (a Linux TD) died or lost memory because of the host: a failed
+# TDG.MEM.PAGE.ACCEPT it cannot retry (core.guest.LinuxTdGuest)
+KINDS = ("KVM_BUG_ON", "TDX_BUG_ON", "WARN", "BUG", "LOCKDEP", "INVARIANT", "DEADLOCK", "HANG",
+         "GUEST")
 # Kinds after which the VM is bugged (or the machine broken): the run's root finding.
 ROOT_KINDS = frozenset({"KVM_BUG_ON", "TDX_BUG_ON", "BUG", "INVARIANT"})
 MAX_CONSEQUENCES = 50      # kept per root finding; ``consequences_total`` counts them all

@@ -35,6 +35,12 @@ from .tdx_errno import NAMES, status, tdx_operand_busy
 from .tdx_module import TdxModule
 from .variants import Variant, get_variant
 
+# The guest a run models: a Linux TD (SEPT_VE_DISABLE, accepts before use, MapGPA), or
+# a guest whose #VE handler accepts a PENDING page on touch (legal for the module; no
+# Linux TD does it).  See core.guest.
+GUEST_KINDS = ("linux", "ve-accept")
+EIO = 5
+
 OUTSIDE_GUEST_MODE = "OUTSIDE_GUEST_MODE"
 IN_GUEST_MODE = "IN_GUEST_MODE"
 
@@ -60,19 +66,27 @@ class MemRegion:
 @dataclass
 class GuestExit:
     """How a guest run ended: ``reason`` is "ept" (with the GFN, level hint and RIP),
-    "kick" (an IPI from a request), or "done" (the guest program finished)."""
+    "mapgpa" (a TDG.VP.VMCALL<MapGPA>), "kick" (an IPI from a request), "panic" (the
+    guest died) or "done" (the guest program finished)."""
     reason: str
     gfn: int | None = None
     level: int = PG_LEVEL_4K
     rip: int | None = None
     private: bool = True
     accept: bool = False      # the EPT violation of a TDG.MEM.PAGE.ACCEPT, not of an access
+    # extended exit qualification type PENDING_EPT_VIOLATION: an access to a PENDING
+    # page of a TD with SEPT_VE_DISABLE (td_ept_violation.c)
+    pending: bool = False
+    npages: int = 0           # "mapgpa": TDG.VP.VMCALL<MapGPA> of [gfn, gfn + npages)
+    shared: bool = False      # "mapgpa": to shared (else to private)
 
 
 class Guest(Protocol):
     """A guest program: runs while its vCPU is in the guest, until it must exit."""
 
     def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> GuestExit: ...
+
+    def complete_hypercall(self, kvm: "Kvm", vcpu: "KvmVcpu") -> None: ...
 
 
 class KvmVcpu:
@@ -102,7 +116,7 @@ class Kvm:
                  busy_rate: float = 0.0, rng: random.Random | None = None,
                  mutations: frozenset[str] = frozenset(),
                  recorder: Recorder | None = None, signal_rate: float = 0.0,
-                 signal_rng: random.Random | None = None) -> None:
+                 signal_rng: random.Random | None = None, guest: str = "ve-accept") -> None:
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
         unknown = set(mutations) - MUTATIONS
         if unknown:
@@ -114,8 +128,13 @@ class Kvm:
         self.external_state: dict[int, str] = {}
         self.mmu_lock = MmuLock(self.sched, self.rec)
         self.rcu = Rcu(self.sched, self.rec)
+        if guest not in GUEST_KINDS:
+            raise ValueError(f"unknown guest {guest!r}; known: {', '.join(GUEST_KINDS)}")
+        self.guest_kind = guest
+        # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (MODEL: guest kinds)
         self.module = TdxModule(self.sched, nr_vcpus, busy_rate=busy_rate, rng=rng,
-                                mutations=self.mutations)
+                                mutations=self.mutations,
+                                sept_ve_disable=guest == "linux")
         self.tdx = KvmTdx(self)
         self.mmu = TdpMmu(self)
         self.vcpus = [KvmVcpu(i) for i in range(nr_vcpus)]
@@ -130,6 +149,14 @@ class Kvm:
         self.invalid_slots: list[tuple[int, int]] = []   # KVM_MEMSLOT_INVALID ranges
         self.vm_bugged = False
         self.vm_dead = False
+        # why KVM killed the VM without a bug (kvm_vm_dead(): the guest's fault, or the
+        # VMM's), for the run's outcome; a finding never comes from this
+        self.vm_killed: str | None = None
+        # kvm->srcu: read-side sections open per thread, and how many each has left
+        self.srcu_readers: dict[str, int] = {}
+        self.srcu_left: dict[str, int] = {}
+        self.initial_gfns: tuple[int, ...] = ()
+        self.guest_memory: object | None = None     # core.guest.LinuxGuestMemory
         self.signal_rate = signal_rate
         self._signal_rng = signal_rng or random.Random(0)
         self.signals = 0
@@ -151,6 +178,18 @@ class Kvm:
             for v in self.vcpus:
                 v.requests.add(KVM_REQ_VM_DEAD)
         self.sched.op("kvm_vm_bugged", None, step)
+
+    def kvm_vm_dead(self, why: str) -> None:
+        """kvm_vm_dead(): the VM is dead (vCPUs leave with KVM_REQ_VM_DEAD, ioctls fail)
+        without being bugged: KVM's deliberate answer to something the guest or VMM did.
+        Kept as the run's outcome, never as a finding."""
+        def step() -> None:
+            if self.vm_killed is None and not self.vm_bugged:
+                self.vm_killed = why
+            self.vm_dead = True
+            for v in self.vcpus:
+                v.requests.add(KVM_REQ_VM_DEAD)
+        self.sched.op("kvm_vm_dead", None, step)
 
     def kvm_bug_on(self, where: str, message: str) -> None:
         """KVM_BUG_ON(): WARN, mark the VM bugged (vCPUs leave with KVM_REQ_VM_DEAD)."""
@@ -292,6 +331,12 @@ class Kvm:
         """kvm_tdp_page_fault() -> kvm_tdp_mmu_page_fault(): resolve the pfn, then map
         under the read lock (``write_lock`` only for hunt-a1's what-if prefault)."""
         seq = self.sched.op("READ(mmu_invalidate_seq)", None, lambda: self.mmu_invalidate_seq)
+        # kvm_mmu_faultin_pfn(): the memslot this fault looked up (under kvm->srcu, so
+        # a deletion waits for the fault to finish): "if (slot->flags &
+        # KVM_MEMSLOT_INVALID) return RET_PF_RETRY" (-EAGAIN for a prefault)
+        if self.sched.op("kvm_faultin_pfn:slot", gfn,
+                         lambda: any(s <= gfn < e for s, e in self.invalid_slots)):
+            return RET_PF_RETRY
         if private:
             if self.sched.op("kvm_mem_is_private", gfn, lambda: gfn in self.shared_gfns):
                 # kvm_mmu_prepare_memory_fault_exit(): the attributes say shared
@@ -309,9 +354,6 @@ class Kvm:
             pfn = self.sched.op("shared_get_pfn", gfn, shared_pfn)
             level = PG_LEVEL_4K
         fault = PageFault(gfn, level, private, pfn, seq)
-        if self.sched.op("kvm_faultin_pfn:slot", gfn,
-                         lambda: any(s <= gfn < e for s, e in self.invalid_slots)):
-            return RET_PF_RETRY     # no usable memslot: the fault cannot succeed now
         self.mmu_lock.lock("write" if write_lock else "read")
         try:
             if self.is_page_fault_stale(fault):
@@ -326,6 +368,13 @@ class Kvm:
         being deleted (private GPAs only: "Only private GPA triggers zero-step
         mitigation")."""
         assert exit.gfn is not None
+        if exit.private and exit.pending:
+            # tdx_is_sept_violation_unexpected_pending(): "Guest access before accepting
+            # 0x%llx on vCPU %d", kvm_vm_dead(), -EIO.  A Linux TD accepts before it
+            # touches, so only memory taken from under it (by the VMM) gets here.
+            self.kvm_vm_dead(f"tdx_handle_ept_violation: Guest access before accepting "
+                             f"gfn {exit.gfn:#x} on vCPU {vcpu.vcpu_id}")
+            return -EIO
         while True:
             vcpu.stats["faults"] += 1
             ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
@@ -409,6 +458,14 @@ class Kvm:
     def vcpu_enter_guest(self, vcpu: KvmVcpu, guest: Guest) -> bool:
         """One trip of vcpu_enter_guest() with tdx_vcpu_run() and the exit handler.
         Returns False once the vCPU must stop (the VM is dead)."""
+        self.srcu_read_lock()
+        try:
+            return self._vcpu_enter_guest(vcpu, guest)
+        finally:
+            if self.srcu_held():
+                self.srcu_read_unlock()
+
+    def _vcpu_enter_guest(self, vcpu: KvmVcpu, guest: Guest) -> bool:
         m = self.module
         self._set_mode(vcpu, IN_GUEST_MODE)
         reqs = self.sched.op("kvm_check_request", vcpu.vcpu_id, lambda: self._take_requests(vcpu))
@@ -426,6 +483,9 @@ class Kvm:
             self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
             cpu_relax(self.sched, "cond_resched")   # vcpu_run()'s loop reschedules here
             return True
+        # vcpu_enter_guest(): kvm_vcpu_srcu_read_unlock() just before VM-enter, and
+        # kvm_vcpu_srcu_read_lock() again after the exit
+        self.srcu_read_unlock()
         err, faked = m.tdh_vp_enter(vcpu.vcpu_id)
         if tdx_operand_busy(err):
             vcpu.stats["busy_enter"] += 1
@@ -445,9 +505,16 @@ class Kvm:
             stepping = exit.reason == "ept" and exit.private and not exit.accept
             m.td_exit(vcpu.vcpu_id, exit.gfn if stepping else None, exit.rip)
         self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
+        self.srcu_read_lock()
+        if exit.reason == "panic":
+            return False        # the guest is gone (TDVMCALL<ReportFatalError>)
+        if exit.reason == "mapgpa":
+            return self.tdx_map_gpa(vcpu, exit, guest)
         if exit.reason == "ept":
             vcpu.stats["ept"] += 1
             ret = self.tdx_handle_ept_violation(vcpu, exit)
+            if ret < 0:
+                return False    # -EIO to userspace: the VM is dead
             if ret == RET_PF_RETRY:
                 # back to vcpu_run()'s loop, which reschedules before the next entry
                 # (xfer_to_guest_mode_handle_work())
@@ -457,6 +524,33 @@ class Kvm:
                 # this vCPU's thread (the guest asked for a private access), then re-enters.
                 self.kvm_vm_set_mem_attributes(exit.gfn, exit.gfn + 1, shared=False)
         return exit.reason != "done"
+
+    def tdx_map_gpa(self, vcpu: KvmVcpu, exit: GuestExit, guest: Guest) -> bool:
+        """TDG.VP.VMCALL<MapGPA> (tdx_map_gpa() -> __tdx_map_gpa()): KVM exits to
+        userspace with KVM_HC_MAP_GPA_RANGE; the VMM, on this vCPU's thread, converts
+        the range (:meth:`vmm_convert_memory`) and completes the hypercall
+        (tdx_complete_vmcall_map_gpa()); the guest resumes after the TDVMCALL.  The
+        model's ranges are small, so one exit covers the whole range."""
+        assert exit.gfn is not None
+        vcpu.stats["map_gpa"] = vcpu.stats.get("map_gpa", 0) + 1
+        self.vmm_convert_memory(exit.gfn, exit.gfn + exit.npages, exit.shared)
+        guest.complete_hypercall(self, vcpu)
+        return True
+
+    def vmm_convert_memory(self, start: int, end: int, shared: bool) -> None:
+        """What the VMM does for KVM_HC_MAP_GPA_RANGE (tool-named: QEMU's
+        kvm_convert_memory()): KVM_SET_MEMORY_ATTRIBUTES first, then discard the
+        backing the range left: the guest_memfd pages on the way to shared
+        (ram_block_discard_guest_memfd_range(), a PUNCH_HOLE), the shared pages on the
+        way to private (ram_block_discard_range())."""
+        self.kvm_vm_set_mem_attributes(start, end, shared=shared)
+        if shared:
+            self.kvm_gmem_punch_hole(start, end)
+        else:
+            def discard() -> None:
+                for g in range(start, end):
+                    self.shared_mem.pop(g, None)
+            self.sched.op("discard_shared", (start, end), discard)
 
     def _take_requests(self, vcpu: KvmVcpu) -> set[str]:
         """kvm_check_request() of the requests the model posts (only KVM_REQ_VM_DEAD,
@@ -526,10 +620,49 @@ class Kvm:
         self.sched.op("set_mem_attributes", (start, end, shared), flip)
         self._invalidate_end()
 
+    def srcu_read_lock(self) -> None:
+        """srcu_read_lock(&kvm->srcu) (kvm_vcpu_srcu_read_lock() on a vCPU): the calling
+        thread enters a read-side section."""
+        name = current().name
+
+        def step() -> None:
+            self.srcu_readers[name] = self.srcu_readers.get(name, 0) + 1
+        self.sched.op("srcu_read_lock", name, step)
+
+    def srcu_read_unlock(self) -> None:
+        """srcu_read_unlock(): the calling thread leaves its section."""
+        name = current().name
+
+        def step() -> None:
+            self.srcu_readers[name] -= 1
+            self.srcu_left[name] = self.srcu_left.get(name, 0) + 1
+        self.sched.op("srcu_read_unlock", name, step)
+
+    def srcu_held(self) -> bool:
+        """Is the calling thread inside a kvm->srcu read-side section? (model helper)"""
+        return self.srcu_readers.get(current().name, 0) > 0
+
+    def synchronize_srcu(self) -> None:
+        """synchronize_srcu_expedited(&kvm->srcu) in kvm_swap_active_memslots(): wait
+        until every read-side section that had begun has ended (a vCPU inside the fault
+        path or its local retry loop holds one; so does KVM_PRE_FAULT_MEMORY)."""
+        me = current()
+        readers = self.sched.op("synchronize_srcu", None,
+                                lambda: [(n, self.srcu_left.get(n, 0))
+                                         for n, c in sorted(self.srcu_readers.items())
+                                         if c > 0 and n != me.name])
+        if readers:
+            me.pending = "synchronize_srcu"
+            self.sched.op("synchronize_srcu.wait", tuple(n for n, _ in readers),
+                          lambda: None,
+                          lambda: all(self.srcu_left.get(n, 0) != k for n, k in readers))
+            me.pending = ""
+
     def kvm_memslot_delete_readd(self, start: int, end: int) -> None:
-        """Delete and re-add a memslot: the slot is marked KVM_MEMSLOT_INVALID, both
-        roots are zapped (kvm_mmu_zap_memslot()), the slot goes, then comes back.
-        Faults in the range fail until it is back."""
+        """Delete and re-add a memslot (kvm_set_memslot(), KVM_MR_DELETE then
+        KVM_MR_CREATE): the slot is marked KVM_MEMSLOT_INVALID and SRCU synchronised
+        (kvm_invalidate_memslot()), both roots are zapped (kvm_mmu_zap_memslot()), the
+        slot goes, then comes back.  Faults in the range fail until it is back."""
         if not self._ioctl_alive():
             return
 
@@ -539,20 +672,21 @@ class Kvm:
             else:
                 self.invalid_slots.remove((start, end))
         self.sched.op("memslot.invalidate", (start, end), lambda: mark(True))
-        # kvm_mmu_zap_memslot(): both roots in one write-lock section.  The kernel first
-        # waits out every vCPU inside the fault path (synchronize_srcu); the model has no
-        # SRCU, and stands in for it with an invalidation bracket inside the same section
-        # (a fault that resolved its pfn before the slot went invalid sees the sequence
-        # count move and retries).
+        # kvm_invalidate_memslot(): the INVALID copy is made active and
+        # kvm_swap_active_memslots() waits out every vCPU inside the fault path; a fault
+        # that began before sees its mapping zapped below, one that begins after finds
+        # the slot invalid and retries.
+        self.synchronize_srcu()
+        # kvm_arch_flush_shadow_memslot() -> kvm_mmu_zap_memslot(): both roots in one
+        # write-lock section, no invalidation bracket (SRCU did that job).
         self.mmu_lock.write_lock()
         try:
-            self.kvm_mmu_invalidate_begin()
-            self.kvm_mmu_invalidate_range_add(start, end)
             self.mmu.tdp_mmu_zap_leafs(self.mmu.mirror_root, start, end)
             self.mmu.tdp_mmu_zap_leafs(self.mmu.direct_root, start, end)
-            self.kvm_mmu_invalidate_end()
         finally:
             self.mmu_lock.write_unlock()
+        # kvm_delete_memslot(): the slot goes (another swap, another grace period)
+        self.synchronize_srcu()
         self.sched.op("memslot.readd", (start, end), lambda: mark(False))
 
     def kvm_gmem_error_folio(self, start: int, end: int) -> None:
@@ -622,6 +756,14 @@ class Kvm:
         and only a host's next acquisition clears it.  As designed under the read lock;
         hunt-a1: the leaf is installed with the plain setter under the write lock
         (row 2) once the tables above it exist (linking them stays as designed)."""
+        # kvm_arch_vcpu_pre_fault_memory(): "idx = srcu_read_lock(&vcpu->kvm->srcu)"
+        self.srcu_read_lock()
+        try:
+            return self._kvm_tdp_map_page(gfn)
+        finally:
+            self.srcu_read_unlock()
+
+    def _kvm_tdp_map_page(self, gfn: int) -> int:
         while True:
             if self.signal_pending():
                 return RET_PF_RETRY         # -EINTR
@@ -673,6 +815,7 @@ class Kvm:
     def build(self, initial_gfns: tuple[int, ...] = ()) -> None:
         """KVM_TDX_INIT_MEM_REGION for ``initial_gfns`` (PAGE.ADD through the fault
         path), then KVM_TDX_FINALIZE_VM (TDH.MR.FINALIZE)."""
+        self.initial_gfns = tuple(initial_gfns)
         for gfn in initial_gfns:
             while self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K) == RET_PF_RETRY:
                 if self.vm_dead:

@@ -173,8 +173,14 @@ class TdxModule:
 
     def __init__(self, sched: Scheduler, nr_vcpus: int, *, busy_rate: float = 0.0,
                  rng: random.Random | None = None,
-                 mutations: frozenset[str] = frozenset()) -> None:
+                 mutations: frozenset[str] = frozenset(),
+                 sept_ve_disable: bool = True) -> None:
         self._sched = sched
+        # TD ATTRIBUTES.SEPT_VE_DISABLE, copied to td_ctls.pending_ve_disable by
+        # TDH.MNG.INIT (tdh_mng_init.c): a guest access to a PENDING page is a TD exit
+        # to KVM, not a #VE.  A Linux TD requires it (tdx_parse_tdinfo() panics
+        # without it unless the TD is a debug TD).
+        self.pending_ve_disable = sept_ve_disable
         self.entries: dict[tuple[int, int], SeptEntry] = {}
         self.td_state = TD_BUILD
         self.hkid_assigned = True
@@ -678,8 +684,14 @@ class TdxModule:
 
     # ------------------------------------------------------------------ guest side
     def guest_access(self, vcpu_id: int, gfn: int) -> str:
-        """A guest access to a private GFN: "ok", "pending" (#VE: accept first) or "ept"
-        (an EPT violation exit)."""
+        """A guest access to a private GFN: "ok", "ept" (an EPT-violation TD exit),
+        "pending_exit" (a PENDING page with ``pending_ve_disable``: the TD exit carries
+        extended exit qualification type PENDING_EPT_VIOLATION) or "pending" (a PENDING
+        page without it: #VE to the guest).  td_ept_violation.c,
+        td_ept_violation_exit(): ``sept_state_is_any_pending_and_guest_acceptable()`` then
+        ``if (td_ctls.pending_ve_disable) ext_exit_qual.type =
+        VMX_EEQ_PENDING_EPT_VIOLATION; else tdx_inject_ve(...)``; both exits are logged
+        for zero-step (``td_exit_epf_stepping_log``)."""
         def step() -> str:
             leaf = self.leaf_of(gfn)
             if leaf is None:
@@ -687,7 +699,9 @@ class TdxModule:
             state = leaf[1].state
             if state == MAPPED:
                 return "ok"
-            return "pending" if state == PENDING else "ept"
+            if state == PENDING:
+                return "pending_exit" if self.pending_ve_disable else "pending"
+            return "ept"
         return self._sched.op("TD.ACCESS", (vcpu_id, gfn), step)
 
     def tdg_mem_page_accept(self, vcpu_id: int, gfn: int, level: int) -> int:

@@ -57,6 +57,8 @@ def merge_summaries(summaries: list[dict]) -> dict:
     m["shard"] = "merged " + ", ".join(s.get("shard", "?") for s in summaries)
     m["runs"] = sum(s["runs"] for s in summaries)
     m["steps"] = sum(s["steps"] for s in summaries)
+    for k in ("vm_killed_runs", "map_gpa_exits"):
+        m[k] = sum(s.get(k, 0) for s in summaries)
     m["elapsed_s"] = max(s["elapsed_s"] for s in summaries)
     m["interrupted"] = any(s["interrupted"] for s in summaries)
     for i in m["rows"]:
@@ -298,6 +300,9 @@ def render_markdown(summaries: list[dict], out: Path, *,
     lines = [f"# tdx-stress report: {s['variant']}", "",
              f"* tool version {s['tool_version']}; mode {s['mode']}, strategy "
              f"{s['strategy']}, depth {s['depth']}; shard {s.get('shard')}",
+             f"* guest {s.get('guest', 've-accept')}, conversions "
+             f"{s.get('conversions', 'async')}: {s.get('map_gpa_exits', 0):,} MapGPA exits; "
+             f"{s.get('vm_killed_runs', 0):,} runs whose VM KVM killed without a bug",
              f"* {seeds_text(s)}",
              f"* {s['runs']:,} runs, {s['steps']:,} steps, {s['elapsed_s']:.1f} s "
              f"({rate(s):.1f} runs/s), stopped by {s.get('stop_reason') or 'end'}"

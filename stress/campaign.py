@@ -85,6 +85,8 @@ def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
         "repros": repros, "zero_step_arms": r.zero_step_arms, "vm_bugged": r.vm_bugged,
         "threads": len(r.threads), "pct_k": r.pct_k, "sync_steps": r.sync_steps,
         "seamcalls": r.seamcalls, "rows_by_phase": r.rows_by_phase,
+        "vm_killed": r.vm_killed,
+        "map_gpa": sum(v.get("map_gpa", 0) for v in r.vcpu_stats),
     }
 
 
@@ -166,6 +168,10 @@ class Totals:
     attr_changes: int = 0
     busy: dict[str, int] = field(default_factory=dict)
     zero_step_arms: int = 0
+    # runs whose VM KVM killed without a bug (a Linux TD touching memory the VMM took),
+    # and the guests' MapGPA conversions
+    vm_killed: int = 0
+    map_gpa: int = 0
     seeds_done: list[int] = field(default_factory=list)
     # what the PCT bound of the report needs: the most threads a run had, PCT's k, and
     # how many runs took more SEAMCALL windows than k (their tail got no change point)
@@ -239,6 +245,8 @@ class Campaign:
                               for p, r in t.rows_by_phase.items()},
             "busy": dict(sorted(t.busy.items())),
             "zero_step_arms": t.zero_step_arms,
+            "guest": cfg.guest, "conversions": cfg.conversions,
+            "vm_killed_runs": t.vm_killed, "map_gpa_exits": t.map_gpa,
             "seeds": _ranges(sorted(t.seeds_done)),
             "threads_max": t.threads_max,
             "pct": ({"k": t.pct_k_max, "depth": cfg.depth,
@@ -269,6 +277,8 @@ class Campaign:
             t.rows[i] += s["rows"][i]
         t.attr_changes += s["attr_changes"]
         t.zero_step_arms += s["zero_step_arms"]
+        t.vm_killed += bool(s.get("vm_killed"))
+        t.map_gpa += s.get("map_gpa", 0)
         t.threads_max = max(t.threads_max, s["threads"])
         if s["pct_k"]:
             t.pct_k_max = max(t.pct_k_max, s["pct_k"])

@@ -20,7 +20,7 @@ from core import __version__
 from core.variants import AS_DESIGNED, VARIANTS, UnknownVariant
 from reports.render import ReportError
 
-from .config import MODES, STRATEGIES, ConfigError, RunConfig
+from .config import CONVERSIONS, GUESTS, MODES, STRATEGIES, ConfigError, RunConfig
 from .repro import ReproError
 
 SEED_ENV = "TDX_STRESS_SEED"
@@ -93,6 +93,11 @@ def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
     g.add_argument("--busy-rate", type=float, default=0.0,
                    help="extra random BUSY on top of the modelled contention (0..1)")
     g.add_argument("--max-steps", type=int, default=200_000)
+    g.add_argument("--guest", default="ve-accept", choices=GUESTS,
+                   help="the guest: one that accepts on #VE (default) or a Linux TD")
+    g.add_argument("--conversions", default=None, choices=CONVERSIONS,
+                   help="who converts memory: the guest with MapGPA (default for a Linux "
+                        "TD) or userspace on its own (async; the default otherwise)")
     o = p.add_argument_group("how")
     o.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
     o.add_argument("--shard", type=_shard, default=(0, 1),
@@ -237,7 +242,9 @@ def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
 def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(variant=args.variant, mode=args.mode, strategy=args.strategy,
                      depth=args.depth, vcpus=args.vcpus, zappers=args.zappers, ops=args.ops,
-                     busy_rate=args.busy_rate, max_steps=args.max_steps).validate()
+                     busy_rate=args.busy_rate, max_steps=args.max_steps, guest=args.guest,
+                     conversions=args.conversions or (
+                         "mapgpa" if args.guest == "linux" else "async")).validate()
 
 
 # ---------------------------------------------------------------------- commands

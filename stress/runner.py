@@ -57,6 +57,7 @@ class RunResult:
     sync_steps: int = 0              # PCT: the steps of this run that count towards k
     decision_items: list[int] = field(default_factory=list)  # record_steps: see shrink.py
     vcpu_stats: list[dict] = field(default_factory=list)
+    vm_killed: str | None = None     # kvm_vm_dead() without a bug (the guest's or VMM's doing)
     seamcalls: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> name -> n
     rows_by_phase: dict[str, list[int]] = field(default_factory=dict)   # phase -> rows
 
@@ -160,7 +161,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         seed=seed, config=cfg, findings=list(rec.findings), counts=dict(rec.counts),
         rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
         zero_step_arms=kvm.module.zero_step_arms,
-        vcpu_stats=[dict(v.stats) for v in kvm.vcpus],
+        vcpu_stats=[dict(v.stats) for v in kvm.vcpus], vm_killed=kvm.vm_killed,
         seamcalls={p: dict(c) for p, c in kvm.module.calls_by_phase.items()},
         rows_by_phase=rows_by_phase,
         schedule=list(sched_list), trace_hash=f"{sched.trace_hash:016x}",

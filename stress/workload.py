@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from core.kvm import Kvm, MemRegion
 from core.sched import current
@@ -54,7 +55,134 @@ def _gfn(rng: random.Random, hugepages: bool) -> int:
 
 
 def generate(cfg: RunConfig, rng: random.Random) -> Workload:
-    """The workload of a run, from the seed's workload stream."""
+    """The workload of a run, from the seed's workload stream: the Linux TD's
+    (:func:`generate_linux`) or the ``ve-accept`` guest's (:func:`generate_ve_accept`)."""
+    if cfg.guest == "linux":
+        return generate_linux(cfg, rng)
+    return generate_ve_accept(cfg, rng)
+
+
+def _zap_weights(cfg: RunConfig) -> dict[str, int]:
+    """The zapper operations a run draws, and their weights."""
+    variant = get_variant(cfg.variant)
+    weights = dict(ZAP_OPS)
+    if variant.hunt != "a1":
+        # KVM_PRE_FAULT_MEMORY is a vCPU ioctl, serialised on vcpu->mutex, which a vCPU
+        # in KVM_RUN holds: a VMM cannot prefault while every vCPU runs, as the model's
+        # do for the whole run.  Only hunt-a1, whose what-if path is a prefault, has it.
+        del weights["prefault"]
+    if variant.hunt != "d" and cfg.guest == "linux":
+        # only hunt-d's patch zaps a table on its own: elsewhere the draw is a no-op.
+        # The ve-accept workloads keep drawing it (an idle turn of a zapper) so that
+        # they, and every figure measured on them, stay as they were.
+        del weights["zap_table"]
+    if cfg.conversions == "mapgpa":
+        # A VMM that converts when the guest asks (MapGPA, on the vCPU thread) does not
+        # punch holes in, convert or poison the memory of a running Linux TD behind its
+        # back (each of those kills it: it touches the page again, finds it PENDING and
+        # KVM kills the VM); its memslot moves are of shared memory.  Only hunt-c's
+        # what-if path is a memory-failure zap, so only hunt-c has memory failures.
+        for op in ("punch", "convert"):
+            del weights[op]
+        if variant.hunt != "c":
+            del weights["notifier"]
+    if variant.hunt:
+        path, setup = HUNT_OPS[variant.hunt]
+        weights[path] *= 4
+        for op in setup:
+            if op in weights:
+                weights[op] *= 2
+    return weights
+
+
+def _zap_scripts(cfg: RunConfig, rng: random.Random, homes: list[int],
+                 pick: "Callable[[], int]") -> tuple[tuple[tuple, ...], ...]:
+    """Every zapper's script: operations on the pages the guests use."""
+    variant = get_variant(cfg.variant)
+    huge, hunt = variant.hugepages, variant.hunt
+    weights = _zap_weights(cfg)
+    names = sorted(weights)
+    zaps = []
+    for _ in range(cfg.zappers):
+        script: list[tuple] = []
+        prev = rng.choice(homes)
+        for _ in range(cfg.ops):
+            op = rng.choices(names, weights=[weights[n] for n in names])[0]
+            r = rng.random()
+            if op == "memslot" and cfg.conversions == "mapgpa":
+                g = rng.choice(SHARED_GFNS)     # a shared memslot moves (a BAR, say)
+            elif (op in ("split", "recover", "zap_table")
+                    or (hunt == "a2" and op == "populate")) and huge and r < 0.7:
+                g = rng.choice(HUGE_HOT)
+            elif r < 0.4:
+                g = prev            # a VMM works on one range for a while (punch, prefault)
+            elif r < 0.7:
+                g = rng.choice(homes)
+            else:
+                g = pick()
+            prev = g
+            n = rng.choice((1, 2, 4, 8))
+            script.append((op, g, n))
+        zaps.append(tuple(script))
+    return tuple(zaps)
+
+
+def generate_linux(cfg: RunConfig, rng: random.Random) -> Workload:
+    """A Linux TD's programs.  Memory starts unaccepted; before a vCPU first touches a
+    page it calls accept_memory() for it, which accepts the page's unit (the whole 2M
+    range in the huge region, tdx_accept_memory() trying 2M first) unless another vCPU
+    has (core.guest.LinuxGuestMemory).  With MapGPA conversions each vCPU owns a few
+    pages that it alone converts to shared and back (accepting them again at 4K), as a
+    Linux page under set_memory_decrypted() has one user; every other page is touched
+    by any vCPU.  The PAGE.ADD pages are accepted from the start."""
+    variant = get_variant(cfg.variant)
+    huge = variant.hugepages
+    initial = tuple(sorted(rng.sample(range(SMALL.base + 8, SMALL.base + 16), 2)))
+    hot = list(range(SMALL.base, SMALL.base + 8)) + (list(HUGE_HOT) if huge else [])
+    rng.shuffle(hot)
+    mine: list[list[int]] = [[] for _ in range(cfg.vcpus)]
+    if cfg.conversions == "mapgpa":
+        for v in range(cfg.vcpus):
+            mine[v] = [hot.pop() for _ in range(min(2, len(hot) - 1))]
+    stable = hot + list(initial)
+    programs = []
+    homes = []
+    for v in range(cfg.vcpus):
+        pages = stable + mine[v]
+        home = rng.choice(pages)
+        homes.append(home)
+        state: dict[int, str] = {g: "private" for g in initial}
+        prog: list[tuple] = []
+        while len(prog) < cfg.ops * 2:
+            if rng.random() < 0.15:
+                prog.append(("shared", rng.choice(SHARED_GFNS)))
+                continue
+            g = home if rng.random() < 0.4 else rng.choice(pages)
+            st = state.get(g, "unaccepted")
+            if st == "unaccepted":
+                level = PG_LEVEL_2M if huge and g >= HUGE.base else PG_LEVEL_4K
+                prog.append(("accept", g, level))       # accept_memory() of its unit
+                state[g] = "private"
+                prog.append(("touch", g))
+            elif st == "private":
+                if g in mine[v] and rng.random() < 0.25:
+                    prog.append(("mapgpa", g, 1, 1))
+                    state[g] = "shared"
+                else:
+                    prog.append(("touch", g))
+            elif rng.random() < 0.5:
+                prog.append(("shared", g))
+            else:
+                prog.append(("mapgpa", g, 1, 0))        # back to private, accepted
+                state[g] = "private"
+        programs.append(tuple(prog))
+    zaps = _zap_scripts(cfg, rng, homes, lambda: _gfn(rng, huge))
+    return Workload(initial, tuple(programs), zaps)
+
+
+def generate_ve_accept(cfg: RunConfig, rng: random.Random) -> Workload:
+    """The ``ve-accept`` guest's programs: any vCPU touches and accepts any page, and
+    its #VE handler accepts what it touches."""
     variant = get_variant(cfg.variant)
     huge = variant.hugepages
     hunt = variant.hunt
@@ -82,40 +210,9 @@ def generate(cfg: RunConfig, rng: random.Random) -> Workload:
             else:
                 prog.append(("shared", rng.choice(SHARED_GFNS)))
         programs.append(tuple(prog))
-    weights = dict(ZAP_OPS)
-    if variant.hunt != "a1":
-        # KVM_PRE_FAULT_MEMORY is a vCPU ioctl, serialised on vcpu->mutex, which a vCPU
-        # in KVM_RUN holds: a VMM cannot prefault while every vCPU runs, as the model's
-        # do for the whole run.  Only hunt-a1, whose what-if path is a prefault, has it.
-        del weights["prefault"]
-    if variant.hunt:
-        path, setup = HUNT_OPS[variant.hunt]
-        weights[path] *= 4
-        for op in setup:
-            weights[op] *= 2
-    names = sorted(weights)
-    zaps = []
-    for _ in range(cfg.zappers):
-        script: list[tuple] = []
-        prev = rng.choice(homes)
-        for _ in range(cfg.ops):
-            op = rng.choices(names, weights=[weights[n] for n in names])[0]
-            r = rng.random()
-            if (op in ("split", "recover", "zap_table")
-                    or (hunt == "a2" and op == "populate")) and huge and r < 0.7:
-                g = rng.choice(HUGE_HOT)
-            elif r < 0.4:
-                g = prev            # a VMM works on one range for a while (punch, prefault)
-            elif r < 0.7:
-                g = rng.choice(homes)
-            else:
-                g = _gfn(rng, huge)
-            prev = g
-            n = rng.choice((1, 2, 4, 8))
-            script.append((op, g, n))
-        zaps.append(tuple(script))
+    zaps = _zap_scripts(cfg, rng, homes, lambda: _gfn(rng, huge))
     initial = tuple(sorted(rng.sample(range(SMALL.base + 8, SMALL.base + 16), 2)))
-    return Workload(initial, tuple(programs), tuple(zaps))
+    return Workload(initial, tuple(programs), zaps)
 
 
 def new_vm(cfg: RunConfig, sched: object, rec: object, busy_rng: random.Random,
@@ -123,7 +220,7 @@ def new_vm(cfg: RunConfig, sched: object, rec: object, busy_rng: random.Random,
     return Kvm(cfg.variant, sched, nr_vcpus=max(1, nr_vcpus),  # type: ignore[arg-type]
                regions=REGIONS, busy_rate=cfg.busy_rate, rng=busy_rng,
                recorder=rec, signal_rate=cfg.signal_rate,  # type: ignore[arg-type]
-               signal_rng=signal_rng)
+               signal_rng=signal_rng, guest=cfg.guest)
 
 
 def workload_to_json(w: Workload) -> dict:
@@ -132,7 +229,7 @@ def workload_to_json(w: Workload) -> dict:
             "zaps": [[list(o) for o in z] for z in w.zaps]}
 
 
-GUEST_OPS = {"touch": 2, "accept": 3, "shared": 2}
+GUEST_OPS = {"touch": 2, "accept": 3, "shared": 2, "mapgpa": 4}
 
 
 def workload_from_json(d: dict) -> Workload:
@@ -195,12 +292,12 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
     may keep an invalidation open and the vCPU retrying (KVM has the same property), so
     entries without progress count only once every zapper has finished; then
     ``max_trips`` of them is a livelock."""
-    from core.guest import ProgramGuest
+    from core.guest import LinuxTdGuest, ProgramGuest
 
     def body() -> None:
         v = kvm.vcpus[vcpu_id]
         current().vcpu = v
-        guest = ProgramGuest(program)
+        guest = LinuxTdGuest(program) if kvm.guest_kind == "linux" else ProgramGuest(program)
         rip, stuck = guest.rip, 0
         me = current()
         me.item = rip

@@ -183,3 +183,30 @@ def test_a_summary_finding_says_where_so_its_hunt_recognises_it():
                    "set_external_spte failed", where="handle_changed_spte").to_dict()
     assert get_variant("hunt-a1").hunt_hit(f)
     assert not get_variant("hunt-a2").hunt_hit(f)
+
+
+@pytest.mark.scripted
+def test_memslot_deletion_waits_for_the_vcpu_inside_the_fault_path():
+    """kvm_invalidate_memslot(): the slot is marked INVALID, then synchronize_srcu waits
+    for the vCPU that resolved its pfn before (it holds kvm->srcu from its exit to its
+    next entry); only then are both roots zapped, with no invalidation bracket, so the
+    mapping that fault installed is gone.  The old model had no SRCU: the zap ran at
+    once and an invalidation bracket made the fault retry instead."""
+    from core.guest import ProgramGuest
+    from stress.testing import Sequencer
+    seq = Sequencer("v6.19", [("through", "vcpu0", "kvm_gmem_get_pfn"),
+                              ("until", "zapper", "synchronize_srcu.wait"),
+                              ("finish", "vcpu0"), ("finish", "zapper")], strict=True)
+    seq.kvm.build()
+    seq.run(vcpu0=seq.vcpu_trips(0, ProgramGuest((("touch", 0x5),)), trips=1),
+            zapper=lambda: seq.kvm.kvm_memslot_delete_readd(0x5, 0x6))
+    names = seq.sched.thread_names()
+    log = [(names[s.thread], s.label) for s in seq.sched.steps]
+    at = {x: i for i, x in reversed(list(enumerate(log)))}    # first occurrence
+    aug = min(i for i, (t, lbl) in enumerate(log) if t == "vcpu0" and "AUG" in lbl)
+    unlock = max(i for i, x in enumerate(log) if x == ("vcpu0", "srcu_read_unlock"))
+    waited = at[("zapper", "synchronize_srcu.wait")]
+    zap = min(i for i, (t, lbl) in enumerate(log) if t == "zapper" and "BLOCK" in lbl)
+    assert aug < unlock < waited < zap
+    assert ("zapper", "kvm_mmu_invalidate_begin") not in at
+    assert seq.kvm.module.leaf_of(0x5) is None and seq.rec.findings == []
