@@ -40,6 +40,7 @@ from .variants import Variant, get_variant
 # Linux TD does it).  See core.guest.
 GUEST_KINDS = ("linux", "ve-accept")
 EIO = 5
+EFAULT = 14
 
 OUTSIDE_GUEST_MODE = "OUTSIDE_GUEST_MODE"
 IN_GUEST_MODE = "IN_GUEST_MODE"
@@ -343,7 +344,10 @@ class Kvm:
                 return RET_PF_MEMORY_FAULT
             got = self.kvm_gmem_get_pfn(gfn)
             if got is None:
-                return RET_PF_RETRY
+                # kvm_mmu_faultin_pfn_private(): kvm_gmem_get_pfn() fails (no
+                # guest_memfd behind the GFN: -EFAULT) and KVM prepares a memory-fault
+                # exit; the fault ends, it is not retried
+                return -EFAULT
             pfn, max_level = got
             level = min(max_level, level_hint)
         else:

@@ -110,8 +110,11 @@ def _zap_scripts(cfg: RunConfig, rng: random.Random, homes: list[int],
             op = rng.choices(names, weights=[weights[n] for n in names])[0]
             r = rng.random()
             if op == "memslot" and cfg.conversions == "mapgpa":
-                g = rng.choice(SHARED_GFNS)     # a shared memslot moves (a BAR, say)
-            elif (op in ("split", "recover", "zap_table")
+                # a shared memslot moves (a BAR, say); the VMM's next operations stay on
+                # the guest's memory
+                script.append((op, rng.choice(SHARED_GFNS), rng.choice((1, 2, 4, 8))))
+                continue
+            if (op in ("split", "recover", "zap_table")
                     or (hunt == "a2" and op == "populate")) and huge and r < 0.7:
                 g = rng.choice(HUGE_HOT)
             elif r < 0.4:

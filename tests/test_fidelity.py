@@ -210,3 +210,17 @@ def test_memslot_deletion_waits_for_the_vcpu_inside_the_fault_path():
     assert aug < unlock < waited < zap
     assert ("zapper", "kvm_mmu_invalidate_begin") not in at
     assert seq.kvm.module.leaf_of(0x5) is None and seq.rec.findings == []
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(20)
+def test_a_private_fault_without_guest_memfd_ends_with_efault():
+    """kvm_mmu_faultin_pfn_private(): kvm_gmem_get_pfn() of a GFN no guest_memfd backs
+    fails with -EFAULT and the fault ends.  The old model returned RET_PF_RETRY, so a
+    prefault of such a GFN (kvm_tdp_map_page() loops while RETRY) never ended, held
+    kvm->srcu for ever and hung a memslot deletion."""
+    from core.kvm import EFAULT
+    kvm = vm("hunt-a1")
+    assert kvm.region_of(0x40) is None
+    assert kvm.kvm_prefault(0x40) == -EFAULT
+    assert kvm.kvm_tdp_page_fault(0x40) == -EFAULT
