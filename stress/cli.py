@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--strategy", default="pct", choices=STRATEGIES)
     n.add_argument("--depth", type=int, default=3)
     n.add_argument("--busy-rate", type=float, default=0.0)
+    n.add_argument("--guest", default="ve-accept", choices=GUESTS,
+                   help="the guest of every campaign (linux: with MapGPA conversions)")
     n.add_argument("--workers", type=_positive_int, default=1)
     n.add_argument("--out", default=None,
                    help="job directory (default ./tdx-stress-runs/<UTC>); keep it as the "
@@ -319,7 +321,9 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
     if canary is not None and canary not in VARIANTS:
         raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
                          f"{', '.join(VARIANTS)}, or none")
-    shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate)
+    shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate,
+                  guest=args.guest,
+                  conversions="mapgpa" if args.guest == "linux" else "async")
     RunConfig(**shared).validate()            # bad values: one sentence, before any run
     seed, source = resolve_seed(args.seed)
     duration = None if args.seeds else (args.duration or 120.0)

@@ -347,3 +347,19 @@ def test_run_stores_each_findings_swim_lane_for_the_reports(tmp_path):
         assert marked and f["kind"] in text, text
         assert marked[0].split("|")[0].strip("> ").strip() in html
     assert "No swim lane stored" not in html
+
+
+def test_run_says_which_guest_and_conversion_flow_it_modelled(tmp_path):
+    """--guest linux defaults to MapGPA conversions; summary.json and report.md say which
+    guest and flow ran; a flow the guest cannot make is one sentence and exit 2."""
+    out = tmp_path / "run"
+    r = tdx("run", "--guest", "linux", "--variant", "v6.19", "--seeds", 6, "--seed", 3,
+            "--out", out, "-q")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    s = summary(out)
+    assert (s["guest"], s["conversions"], s["config"]["guest"]) == ("linux", "mapgpa", "linux")
+    assert s["vm_killed_runs"] == 0 and s["map_gpa_exits"] > 0
+    assert "guest linux, conversions mapgpa" in (out / "report.md").read_text()
+    bad = tdx("run", "--guest", "ve-accept", "--conversions", "mapgpa", "--seeds", 1)
+    assert bad.returncode == 2 and "needs --guest linux" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
