@@ -154,9 +154,6 @@ class Kvm:
         # VMM's), for the run's outcome; a finding never comes from this
         self.vm_killed: str | None = None
         # kvm->srcu: read-side sections open per thread, and how many each has left
-        # lpage_info's KVM_LPAGE_GUEST_INHIBIT_FLAG at 2M: 2M ranges the guest accepted
-        # below 2M; set under the write lock after the split, never cleared (RFC5 40/45)
-        self.guest_inhibit_2m: set[int] = set()
         self.srcu_readers: dict[str, int] = {}
         self.srcu_left: dict[str, int] = {}
         self.initial_gfns: tuple[int, ...] = ()
@@ -365,10 +362,6 @@ class Kvm:
         try:
             if self.is_page_fault_stale(fault):
                 return RET_PF_RETRY
-            if fault.goal_level > PG_LEVEL_4K and private and self.hugepage_test_guest_inhibit(gfn):
-                # kvm_mmu_hugepage_adjust() -> kvm_mmu_max_mapping_level(), under
-                # mmu_lock: the guest-inhibit bit sits in disallow_lpage
-                fault.goal_level = PG_LEVEL_4K
             return self.mmu.kvm_tdp_mmu_map(fault)
         finally:
             self.mmu_lock.unlock()
@@ -386,8 +379,6 @@ class Kvm:
             self.kvm_vm_dead(f"tdx_handle_ept_violation: Guest access before accepting "
                              f"gfn {exit.gfn:#x} on vCPU {vcpu.vcpu_id}")
             return -EIO
-        if exit.private and exit.accept and exit.level == PG_LEVEL_4K and self.variant.hugepages:
-            self.tdx_handle_mismatched_accept(exit.gfn)
         while True:
             vcpu.stats["faults"] += 1
             ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
@@ -729,14 +720,8 @@ class Kvm:
         """Split the private 2M leaf mapping ``gfn`` under the write lock (row 8)."""
         if not self.variant.hugepages or not self._ioctl_alive():
             return False
-        self.mmu_lock.write_lock()
-        try:
-            return self._split_huge_page_locked(gfn)
-        finally:
-            self.mmu_lock.write_unlock()
-
-    def _split_huge_page_locked(self, gfn: int) -> bool:
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        self.mmu_lock.write_lock()
         self.rcu.rcu_read_lock()
         try:
             found = self.mmu._find(self.mmu.mirror_root, base, PG_LEVEL_2M)
@@ -748,29 +733,6 @@ class Kvm:
             return not self.mmu.tdp_mmu_split_huge_page(sp, i, base, old, PG_LEVEL_2M)
         finally:
             self.rcu.rcu_read_unlock()
-
-    def hugepage_test_guest_inhibit(self, gfn: int) -> bool:
-        """hugepage_test_guest_inhibit() at 2M (RFC5 40/45)."""
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        return self.sched.op("hugepage_test_guest_inhibit", base,
-                             lambda: base in self.guest_inhibit_2m)
-
-    def tdx_handle_mismatched_accept(self, gfn: int) -> None:
-        """RFC5 41/45 tdx_handle_mismatched_accept(): an EPT violation of type ACCEPT at
-        4K: unless the 2M range is already inhibited (tested without the lock, which
-        "relies on (a) setting the inhibit after performing the split, and (b) never
-        clearing the flag"), take the write lock, split a 2M leaf there, and set the
-        guest-inhibit bit, so no later fault maps 2M in the range and no recovery
-        promotes it."""
-        if self.hugepage_test_guest_inhibit(gfn):
-            return
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        self.mmu_lock.write_lock()
-        try:
-            self._split_huge_page_locked(gfn)
-            self.sched.op("hugepage_set_guest_inhibit", base,
-                          lambda: self.guest_inhibit_2m.add(base))
-        finally:
             self.mmu_lock.write_unlock()
 
     def kvm_zap_table(self, gfn: int) -> bool:

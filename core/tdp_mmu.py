@@ -568,11 +568,6 @@ class TdpMmu:
             sp, i, old = found
             if not is_shadow_present_pte(old) or is_last_spte(old, PG_LEVEL_2M):
                 return False
-            # recover_huge_pages_range(): "if (max_mapping_level < iter.level) continue"
-            # (kvm_mmu_max_mapping_level(): mixed attributes, the guest-inhibit bit)
-            if base in kvm.guest_inhibit_2m or any(
-                    g in kvm.shared_gfns for g in range(base, base + 512)):
-                return False
             child = self.spte_to_child_sp(old)
             first = None
             for j in range(512):

@@ -224,21 +224,3 @@ def test_a_private_fault_without_guest_memfd_ends_with_efault():
     assert kvm.region_of(0x40) is None
     assert kvm.kvm_prefault(0x40) == -EFAULT
     assert kvm.kvm_tdp_page_fault(0x40) == -EFAULT
-
-
-@pytest.mark.unit
-def test_a_4k_accept_exit_inhibits_2m_in_its_range_for_good():
-    """RFC5 41/45 tdx_handle_mismatched_accept(): an ACCEPT-type EPT violation at 4K in a
-    huge region splits any 2M leaf and sets the guest-inhibit bit; later faults there map
-    4K (kvm_mmu_max_mapping_level() reads disallow_lpage) and hunt-b's recovery skips the
-    range.  The old model mapped 2M again and promoted it."""
-    from core.guest import ProgramGuest
-    kvm = vm("hunt-b")
-    kvm.vcpu_enter_guest(kvm.vcpus[0], ProgramGuest((("accept", 0x205, 1),)))
-    assert 0x200 in kvm.guest_inhibit_2m
-    kvm.kvm_tdp_page_fault(0x2FF, True, 2)          # a 2M fault elsewhere in the range
-    leaf = kvm.module.leaf_of(0x2FF)
-    assert leaf is not None and leaf[0] == 1        # mapped at 4K, not 2M
-    for g in range(0x200, 0x400):
-        kvm.kvm_tdp_page_fault(g, True, 2)
-    assert kvm.kvm_recover_huge_pages(0x200) is False
