@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .kvm import GuestExit, Kvm, KvmVcpu
 
 Instr = tuple
+AGAIN = object()      # _execute(): run the same instruction again at once
 
 
 class ProgramGuest:
@@ -77,42 +78,55 @@ class ProgramGuest:
         """KVM completed the guest's TDVMCALL (this guest makes none)."""
 
     def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> "GuestExit":
-        """Run the guest's instructions until an exit; a PENDING page raises #VE and the
-        #VE handler accepts it (a Linux TD does not: :class:`LinuxTdGuest`)."""
+        """Run the guest's instructions until an exit.  Common to both guests: the kick
+        check before every instruction, the shared access, retiring an instruction;
+        what an instruction does is :meth:`_execute`."""
         from .kvm import GuestExit
-        m = kvm.module
         me = current()
         while self.rip < len(self.program):
             me.item = self.rip         # the shrinker attributes steps to instructions
             if kvm.guest_check_exit(vcpu):
                 return GuestExit("kick", rip=self.rip)
             ins = self.program[self.rip]
-            op = ins[0]
-            if op == "shared":
+            if ins[0] == "shared":
                 if not self._shared_mapped(kvm, ins[1]):
                     return GuestExit("ept", ins[1], PG_LEVEL_4K, self.rip, private=False)
-            elif op == "touch":
-                gfn = ins[1]
-                level = self._region_level(kvm, gfn)
-                r = m.guest_access(vcpu.vcpu_id, gfn)
-                if r == "ept":
-                    return GuestExit("ept", gfn, level, self.rip)
-                if r == "pending_exit":
-                    return GuestExit("ept", gfn, level, self.rip, pending=True)
-                if r == "pending":
-                    ex = self._accept(kvm, vcpu, gfn, level)
-                    if ex is not None:
-                        return ex
-                    continue        # retry the access after #VE handling
-            elif op == "accept":
-                ex = self._accept(kvm, vcpu, ins[1], ins[2])
-                if ex is not None:
-                    return ex
             else:
-                raise ValueError(f"unknown guest instruction {ins!r}")
-            self.rip += 1
-            m.guest_progress(vcpu.vcpu_id, self.rip)
+                ex = self._execute(kvm, vcpu, ins)
+                if ex is AGAIN:
+                    continue
+                if ex is not None:
+                    return ex       # type: ignore[return-value]
+            self._retire(kvm, vcpu)
         return GuestExit("done", rip=self.rip)
+
+    def _retire(self, kvm: "Kvm", vcpu: "KvmVcpu") -> None:
+        """The instruction at RIP completed: a new RIP clears zero-step's state."""
+        self.rip += 1
+        kvm.module.guest_progress(vcpu.vcpu_id, self.rip)
+
+    def _execute(self, kvm: "Kvm", vcpu: "KvmVcpu", ins: Instr) -> "GuestExit | object | None":
+        """One private instruction of the ve-accept guest: None when it completed, an
+        exit, or AGAIN (run it again: the access after #VE handling).  A PENDING page
+        raises #VE and the #VE handler accepts it (a Linux TD does not:
+        :class:`LinuxTdGuest`)."""
+        from .kvm import GuestExit
+        op = ins[0]
+        if op == "touch":
+            gfn = ins[1]
+            level = self._region_level(kvm, gfn)
+            r = kvm.module.guest_access(vcpu.vcpu_id, gfn)
+            if r == "ept":
+                return GuestExit("ept", gfn, level, self.rip)
+            if r == "pending_exit":
+                return GuestExit("ept", gfn, level, self.rip, pending=True)
+            if r == "pending":
+                ex = self._accept(kvm, vcpu, gfn, level)
+                return ex if ex is not None else AGAIN
+            return None
+        if op == "accept":
+            return self._accept(kvm, vcpu, ins[1], ins[2])
+        raise ValueError(f"unknown guest instruction {ins!r}")
 
     def _region_level(self, kvm: "Kvm", gfn: int) -> int:
         r = kvm.region_of(gfn)
@@ -179,60 +193,48 @@ class LinuxTdGuest(ProgramGuest):
         self._mapped = True
 
     def _retire(self, kvm: "Kvm", vcpu: "KvmVcpu") -> None:
-        self.rip += 1
         self._accept_at, self._mapped, self._accept_level = None, False, None
-        kvm.module.guest_progress(vcpu.vcpu_id, self.rip)
+        super()._retire(kvm, vcpu)
 
-    def run(self, kvm: "Kvm", vcpu: "KvmVcpu") -> "GuestExit":
+    def _execute(self, kvm: "Kvm", vcpu: "KvmVcpu", ins: Instr) -> "GuestExit | object | None":
         """A Linux TD's use of memory: accept before use (``accept_memory()``), never
         touch a PENDING page on purpose, convert with MapGPA."""
         from .kvm import GuestExit
-        m = kvm.module
-        me = current()
-        while self.rip < len(self.program):
-            me.item = self.rip
-            if kvm.guest_check_exit(vcpu):
-                return GuestExit("kick", rip=self.rip)
-            ins = self.program[self.rip]
-            op = ins[0]
-            if op == "shared":
-                if not self._shared_mapped(kvm, ins[1]):
-                    return GuestExit("ept", ins[1], PG_LEVEL_4K, self.rip, private=False)
-            elif op == "touch":
-                gfn = ins[1]
-                if gfn not in self.leaked:
-                    r = m.guest_access(vcpu.vcpu_id, gfn)
-                    if r != "ok":
-                        # "pending_exit": the access-before-accept TD exit KVM kills on
-                        return GuestExit("ept", gfn, self._region_level(kvm, gfn), self.rip,
-                                         pending=r != "ept")
-            elif op == "accept":
-                ex = self.accept_memory(kvm, vcpu, ins[1])
-                if ex is not None:
-                    return ex
-            elif op == "mapgpa":
-                gfn, n, shared = ins[1], ins[2], bool(ins[3])
-                if not self._mapped:
-                    # tdx_map_gpa(): TDG.VP.VMCALL<MapGPA>, a TD exit to KVM
-                    return GuestExit("mapgpa", gfn, PG_LEVEL_4K, self.rip, npages=n,
-                                     shared=shared)
-                if not shared:
-                    # tdx_enc_status_changed(): "shared->private conversion requires
-                    # memory to be accepted before use"
-                    ex = self.tdx_accept_memory(kvm, vcpu, gfn, gfn + n)
-                    if ex is not None and ex.reason != "panic":
-                        return ex
-                    if ex is not None:
-                        # __set_memory_enc_pgtable(): "CPA VMM failure to convert
-                        # memory" WARN; the pages are leaked, the guest goes on
-                        kvm.rec.report("GUEST", "tdx_enc_status_changed",
-                                       f"set_memory_encrypted() failed: accept at gfn "
-                                       f"{self._accept_at:#x}", me)
-                        self.leaked.update(range(gfn, gfn + n))
-            else:
-                raise ValueError(f"unknown guest instruction {ins!r}")
-            self._retire(kvm, vcpu)
-        return GuestExit("done", rip=self.rip)
+        op = ins[0]
+        if op == "touch":
+            gfn = ins[1]
+            if gfn in self.leaked:
+                return None
+            r = kvm.module.guest_access(vcpu.vcpu_id, gfn)
+            if r != "ok":
+                # "pending_exit": the access-before-accept TD exit KVM kills on
+                return GuestExit("ept", gfn, self._region_level(kvm, gfn), self.rip,
+                                 pending=r != "ept")
+            return None
+        if op == "accept":
+            return self.accept_memory(kvm, vcpu, ins[1])
+        if op == "mapgpa":
+            gfn, n, shared = ins[1], ins[2], bool(ins[3])
+            if not self._mapped:
+                # tdx_map_gpa(): TDG.VP.VMCALL<MapGPA>, a TD exit to KVM
+                return GuestExit("mapgpa", gfn, PG_LEVEL_4K, self.rip, npages=n,
+                                 shared=shared)
+            if shared:
+                return None
+            # tdx_enc_status_changed(): "shared->private conversion requires memory to
+            # be accepted before use"
+            ex = self.tdx_accept_memory(kvm, vcpu, gfn, gfn + n)
+            if ex is not None and ex.reason != "panic":
+                return ex
+            if ex is not None:
+                # __set_memory_enc_pgtable(): "CPA VMM failure to convert memory" WARN;
+                # the pages are leaked, the guest goes on
+                kvm.rec.report("GUEST", "tdx_enc_status_changed",
+                               f"set_memory_encrypted() failed: accept at gfn "
+                               f"{self._accept_at:#x}", current())
+                self.leaked.update(range(gfn, gfn + n))
+            return None
+        raise ValueError(f"unknown guest instruction {ins!r}")
 
     def accept_memory(self, kvm: "Kvm", vcpu: "KvmVcpu", gfn: int) -> "GuestExit | None":
         """accept_memory() (drivers/firmware/efi/unaccepted_memory.c) of the unit that

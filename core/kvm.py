@@ -175,10 +175,15 @@ class Kvm:
     # ------------------------------------------------------------------ reporting
     def _mark_bugged(self) -> None:
         def step() -> None:
-            self.vm_bugged = self.vm_dead = True
-            for v in self.vcpus:
-                v.requests.add(KVM_REQ_VM_DEAD)
+            self.vm_bugged = True
+            self._vm_dead()
         self.sched.op("kvm_vm_bugged", None, step)
+
+    def _vm_dead(self) -> None:
+        """The VM is dead: every vCPU gets KVM_REQ_VM_DEAD (inside a step)."""
+        self.vm_dead = True
+        for v in self.vcpus:
+            v.requests.add(KVM_REQ_VM_DEAD)
 
     def kvm_vm_dead(self, why: str) -> None:
         """kvm_vm_dead(): the VM is dead (vCPUs leave with KVM_REQ_VM_DEAD, ioctls fail)
@@ -187,9 +192,7 @@ class Kvm:
         def step() -> None:
             if self.vm_killed is None and not self.vm_bugged:
                 self.vm_killed = why
-            self.vm_dead = True
-            for v in self.vcpus:
-                v.requests.add(KVM_REQ_VM_DEAD)
+            self._vm_dead()
         self.sched.op("kvm_vm_dead", None, step)
 
     def kvm_bug_on(self, where: str, message: str) -> None:
