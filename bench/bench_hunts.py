@@ -22,13 +22,13 @@ from stress.config import RunConfig  # noqa: E402
 from stress.runner import hunt_stop, run_seed  # noqa: E402
 
 HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
-STRATEGIES = (("pct", "controlled"), ("random", "controlled"), ("pct", "free"))
+STRATEGIES = (("portfolio", "controlled"), ("pct", "controlled"), ("random", "controlled"),
+              ("pct", "free"))
 
 
 def time_to_first(variant: str, strategy: str, mode: str, base: int, cap: float,
-                  guest: str = "ve-accept"):
-    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode, guest=guest,
-                    conversions="mapgpa" if guest == "linux" else "async").validate()
+                  guest: str = "linux"):
+    cfg = RunConfig(variant=variant, strategy=strategy, mode=mode, guest=guest).validate()
     stop = hunt_stop(variant)
     t0 = time.perf_counter()
     n = 0
@@ -44,7 +44,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=float, default=60.0, help="seconds per search")
     ap.add_argument("--bases", type=int, default=5)
-    ap.add_argument("--guest", default="ve-accept", choices=("ve-accept", "linux"),
+    ap.add_argument("--guest", default="linux", choices=("linux", "ve-accept"),
                     help="the guest (linux: with MapGPA conversions)")
     args = ap.parse_args()
     print(f"guest {args.guest}")

@@ -229,9 +229,9 @@ class LinuxTdGuest(ProgramGuest):
             if ex is not None:
                 # __set_memory_enc_pgtable(): "CPA VMM failure to convert memory" WARN;
                 # the pages are leaked, the guest goes on
-                kvm.rec.report("GUEST", "tdx_enc_status_changed",
-                               f"set_memory_encrypted() failed: accept at gfn "
-                               f"{self._accept_at:#x}", current())
+                kvm.guest_failure("tdx_enc_status_changed",
+                                  f"set_memory_encrypted() failed: accept at gfn "
+                                  f"{self._accept_at:#x}", fatal=False)
                 self.leaked.update(range(gfn, gfn + n))
             return None
         raise ValueError(f"unknown guest instruction {ins!r}")
@@ -244,7 +244,6 @@ class LinuxTdGuest(ProgramGuest):
         from .kvm import GuestExit
         mem = guest_memory(kvm)
         unit, size = mem.unit_of(gfn)
-        me = current()
         if self._claimed != unit:
             while True:
                 got = kvm.sched.op("accept_memory:unaccepted_memory_lock", unit,
@@ -263,8 +262,9 @@ class LinuxTdGuest(ProgramGuest):
         ex = self.tdx_accept_memory(kvm, vcpu, unit, unit + size)
         if ex is not None:
             if ex.reason == "panic":
-                kvm.rec.report("GUEST", "arch_accept_memory",
-                               f"TDX: Failed to accept memory (gfn {self._accept_at:#x})", me)
+                kvm.guest_failure("arch_accept_memory",
+                                  f"TDX: Failed to accept memory (gfn {self._accept_at:#x})",
+                                  fatal=True)
                 self.failed = True
             return ex
         kvm.sched.op("accept_memory:clear", unit, lambda: mem.accepted(unit))

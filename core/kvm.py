@@ -117,7 +117,8 @@ class Kvm:
                  busy_rate: float = 0.0, rng: random.Random | None = None,
                  mutations: frozenset[str] = frozenset(),
                  recorder: Recorder | None = None, signal_rate: float = 0.0,
-                 signal_rng: random.Random | None = None, guest: str = "ve-accept") -> None:
+                 signal_rng: random.Random | None = None, guest: str = "ve-accept",
+                 hostile_vmm: bool = False) -> None:
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
         unknown = set(mutations) - MUTATIONS
         if unknown:
@@ -132,6 +133,9 @@ class Kvm:
         if guest not in GUEST_KINDS:
             raise ValueError(f"unknown guest {guest!r}; known: {', '.join(GUEST_KINDS)}")
         self.guest_kind = guest
+        # the VMM converts, punches and deletes memory on its own (async conversions):
+        # a guest that fails because memory went from under it is its doing
+        self.hostile_vmm = hostile_vmm
         # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (MODEL: guest kinds)
         self.module = TdxModule(self.sched, nr_vcpus, busy_rate=busy_rate, rng=rng,
                                 mutations=self.mutations,
@@ -142,6 +146,8 @@ class Kvm:
         self.regions = regions if regions is not None else (
             MemRegion(0x0, 16), MemRegion(0x200, 512, huge=True))
         self.gmem: dict[int, int] = {}          # private gfn -> pfn (guest_memfd)
+        # slot->gmem.file: the memslots' guest_memfd, until kvm_gmem_release() clears it
+        self.gmem_file_open = True
         self.shared_mem: dict[int, int] = {}    # shared gfn -> pfn
         self.shared_gfns: set[int] = set()      # memory attributes: these are shared
         self.mmu_invalidate_seq = 0
@@ -153,7 +159,12 @@ class Kvm:
         # why KVM killed the VM without a bug (kvm_vm_dead(): the guest's fault, or the
         # VMM's), for the run's outcome; a finding never comes from this
         self.vm_killed: str | None = None
+        # the VMM stopped running the vCPUs (vmm_stop_vm)
+        self.vmm_stopped = False
         # kvm->srcu: read-side sections open per thread, and how many each has left
+        # lpage_info's KVM_LPAGE_GUEST_INHIBIT_FLAG at 2M: 2M ranges the guest accepted
+        # below 2M; set under the write lock after the split, never cleared (RFC5 40/45)
+        self.guest_inhibit_2m: set[int] = set()
         self.srcu_readers: dict[str, int] = {}
         self.srcu_left: dict[str, int] = {}
         self.initial_gfns: tuple[int, ...] = ()
@@ -194,6 +205,32 @@ class Kvm:
                 self.vm_killed = why
             self._vm_dead()
         self.sched.op("kvm_vm_dead", None, step)
+
+    def vmm_stop_vm(self, why: str) -> None:
+        """What the VMM does when KVM_RUN fails in a way it cannot resolve, or the guest
+        reports a fatal error (QEMU: "KVM run failed" / guest panic, vm_stop()): it stops
+        every vCPU thread, kicking those still in the guest (tool-named; the kernel has
+        no such function: the signal that gets a vCPU out is the VMM's).  The run's
+        outcome, like kvm_vm_dead(), never a finding."""
+        def step() -> None:
+            if self.vm_killed is None and not self.vm_bugged:
+                self.vm_killed = f"userspace stopped the VM: {why}"
+            self.vmm_stopped = True
+        self.sched.op("vmm_stop_vm", None, step)
+        self.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+
+    def guest_failure(self, where: str, message: str, fatal: bool) -> None:
+        """A Linux TD failed (a panic, or a WARN with leaked pages): a ``GUEST`` finding
+        when the VMM converts only when asked (MapGPA), since then KVM or the module made
+        it fail; with a VMM that takes memory on its own (async) it is that VMM's doing:
+        a panic is the run's outcome, like a VM KVM killed, and never a finding."""
+        if not self.hostile_vmm:
+            self.rec.report("GUEST", where, message, current())
+        elif fatal:
+            def step() -> None:
+                if self.vm_killed is None and not self.vm_bugged:
+                    self.vm_killed = f"the guest panicked under a hostile VMM: {message}"
+            self.sched.op("guest_panic", None, step)
 
     def kvm_bug_on(self, where: str, message: str) -> None:
         """KVM_BUG_ON(): WARN, mark the VM bugged (vCPUs leave with KVM_REQ_VM_DEAD)."""
@@ -249,6 +286,10 @@ class Kvm:
         (a 2M folio for a huge region); None if the gfn has no private backing."""
         region = self.region_of(gfn)
         if region is None:
+            return None
+        # kvm_gmem_get_file(slot): NULL once the file was released, and __kvm_gmem_get_pfn
+        # fails (-EFAULT)
+        if not self.sched.op("kvm_gmem_get_file", gfn, lambda: self.gmem_file_open):
             return None
         huge = region.huge and self.variant.hugepages
 
@@ -365,6 +406,10 @@ class Kvm:
         try:
             if self.is_page_fault_stale(fault):
                 return RET_PF_RETRY
+            if fault.goal_level > PG_LEVEL_4K and private and self.hugepage_test_guest_inhibit(gfn):
+                # kvm_mmu_hugepage_adjust() -> kvm_mmu_max_mapping_level(), under
+                # mmu_lock: the guest-inhibit bit sits in disallow_lpage
+                fault.goal_level = PG_LEVEL_4K
             return self.mmu.kvm_tdp_mmu_map(fault)
         finally:
             self.mmu_lock.unlock()
@@ -382,6 +427,8 @@ class Kvm:
             self.kvm_vm_dead(f"tdx_handle_ept_violation: Guest access before accepting "
                              f"gfn {exit.gfn:#x} on vCPU {vcpu.vcpu_id}")
             return -EIO
+        if exit.private and exit.accept and exit.level == PG_LEVEL_4K and self.variant.hugepages:
+            self.tdx_handle_mismatched_accept(exit.gfn)
         while True:
             vcpu.stats["faults"] += 1
             ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
@@ -464,7 +511,12 @@ class Kvm:
 
     def vcpu_enter_guest(self, vcpu: KvmVcpu, guest: Guest) -> bool:
         """One trip of vcpu_enter_guest() with tdx_vcpu_run() and the exit handler.
-        Returns False once the vCPU must stop (the VM is dead)."""
+        Returns False once the vCPU must stop (the VM is dead, or the VMM stopped it)."""
+        # kvm_arch_vcpu_ioctl_run(): "if (kvm_run->immediate_exit) { r = -EINTR; ...}":
+        # a VMM that stops the VM sets it for every vCPU thread (QEMU's kick)
+        if self.sched.op("READ(kvm_run->immediate_exit)", vcpu.vcpu_id,
+                         lambda: self.vmm_stopped):
+            return False
         self.srcu_read_lock()
         try:
             return self._vcpu_enter_guest(vcpu, guest)
@@ -514,14 +566,19 @@ class Kvm:
         self._set_mode(vcpu, OUTSIDE_GUEST_MODE)
         self.srcu_read_lock()
         if exit.reason == "panic":
-            return False        # the guest is gone (TDVMCALL<ReportFatalError>)
+            # the guest is gone (TDVMCALL<ReportFatalError>): the VMM stops the VM
+            self.vmm_stop_vm("the guest panicked")
+            return False
         if exit.reason == "mapgpa":
             return self.tdx_map_gpa(vcpu, exit, guest)
         if exit.reason == "ept":
             vcpu.stats["ept"] += 1
             ret = self.tdx_handle_ept_violation(vcpu, exit)
             if ret < 0:
-                return False    # -EIO to userspace: the VM is dead
+                # -EIO (the VM is dead) or -EFAULT (no guest_memfd behind the GFN) to
+                # userspace, which cannot resolve either and stops the VM
+                self.vmm_stop_vm(f"KVM_RUN returned {ret}")
+                return False
             if ret == RET_PF_RETRY:
                 # back to vcpu_run()'s loop, which reschedules before the next entry
                 # (xfer_to_guest_mode_handle_work())
@@ -719,12 +776,36 @@ class Kvm:
         self.kvm_mmu_unmap_gfn_range(start, end, private=True)
         self._invalidate_end()
 
+    def kvm_gmem_release(self) -> None:
+        """kvm_gmem_release() (virt/kvm/guest_memfd.c), the guest_memfd file's last
+        close: every bound memslot's ``slot->gmem.file`` is cleared, then
+        kvm_gmem_invalidate_begin(gmem, 0, -1ul) zaps every private mapping (bracket and
+        zap under the write lock, row 12) and kvm_gmem_invalidate_end() closes the
+        bracket.  "Do not free the backing memory, as its lifetime is associated with the
+        inode, not the file."  The memslots hold no reference to the file, so a VMM can
+        close it while vCPUs run (legal, hostile): every later private fault fails
+        (-EFAULT, a memory-fault exit) and the vCPU goes back to userspace.  At teardown
+        it is the first step of kvm_destroy_vm()."""
+        end = max(r.base + r.npages for r in self.regions)
+
+        def close() -> None:
+            self.gmem_file_open = False
+        self.sched.op("kvm_gmem_release", None, close)
+        self.kvm_mmu_unmap_gfn_range(0, end, private=True)
+        self._invalidate_end()
+
     def kvm_split_huge_page(self, gfn: int) -> bool:
         """Split the private 2M leaf mapping ``gfn`` under the write lock (row 8)."""
         if not self.variant.hugepages or not self._ioctl_alive():
             return False
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
         self.mmu_lock.write_lock()
+        try:
+            return self._split_huge_page_locked(gfn)
+        finally:
+            self.mmu_lock.write_unlock()
+
+    def _split_huge_page_locked(self, gfn: int) -> bool:
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
         self.rcu.rcu_read_lock()
         try:
             found = self.mmu._find(self.mmu.mirror_root, base, PG_LEVEL_2M)
@@ -736,6 +817,29 @@ class Kvm:
             return not self.mmu.tdp_mmu_split_huge_page(sp, i, base, old, PG_LEVEL_2M)
         finally:
             self.rcu.rcu_read_unlock()
+
+    def hugepage_test_guest_inhibit(self, gfn: int) -> bool:
+        """hugepage_test_guest_inhibit() at 2M (RFC5 40/45)."""
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        return self.sched.op("hugepage_test_guest_inhibit", base,
+                             lambda: base in self.guest_inhibit_2m)
+
+    def tdx_handle_mismatched_accept(self, gfn: int) -> None:
+        """RFC5 41/45 tdx_handle_mismatched_accept(): an EPT violation of type ACCEPT at
+        4K: unless the 2M range is already inhibited (tested without the lock, which
+        "relies on (a) setting the inhibit after performing the split, and (b) never
+        clearing the flag"), take the write lock, split a 2M leaf there, and set the
+        guest-inhibit bit, so no later fault maps 2M in the range and no recovery
+        promotes it."""
+        if self.hugepage_test_guest_inhibit(gfn):
+            return
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        self.mmu_lock.write_lock()
+        try:
+            self._split_huge_page_locked(gfn)
+            self.sched.op("hugepage_set_guest_inhibit", base,
+                          lambda: self.guest_inhibit_2m.add(base))
+        finally:
             self.mmu_lock.write_unlock()
 
     def kvm_zap_table(self, gfn: int) -> bool:
@@ -801,15 +905,37 @@ class Kvm:
             self.mmu_lock.unlock()
 
     def kvm_recover_huge_pages(self, gfn: int) -> bool:
-        """kvm_tdp_mmu_recover_huge_pages(): as designed it skips mirror roots.  hunt-b:
-        promotes the mirror table under ``gfn`` to a 2M leaf (row 9)."""
+        """kvm_mmu_recover_huge_pages() of the memslot holding ``gfn`` (what
+        kvm_mmu_slot_apply_flags() calls when dirty logging stops; a guest_memfd slot
+        cannot log dirty pages, so as designed it never runs on private memory).
+        hunt-b's patch runs recover_huge_pages_range() on the mirror root, under the
+        write lock (row 9)."""
         if self.variant.hunt != "b" or not self._ioctl_alive():
+            return False
+        region = self.region_of(gfn)
+        if region is None:
             return False
         self.mmu_lock.write_lock()
         try:
-            return self.mmu.tdp_mmu_promote(self.mmu.mirror_root, gfn)
+            return self.mmu.recover_huge_pages_range(self.mmu.mirror_root, region.base,
+                                                     region.base + region.npages)
         finally:
             self.mmu_lock.write_unlock()
+
+    def kvm_mmu_max_mapping_level(self, gfn: int) -> int:
+        """kvm_mmu_max_mapping_level() for a private GFN, without a fault: 2M when the
+        guest_memfd folio behind the 2M range is whole (kvm_gmem_mapping_order()), no GFN
+        of the range has other attributes (the mixed flag in lpage_info) and the guest
+        did not inhibit 2M there (RFC5 hugepage_test_guest_inhibit()); else 4K."""
+        region = self.region_of(gfn)
+        if region is None or not (region.huge and self.variant.hugepages):
+            return PG_LEVEL_4K
+        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+
+        def level() -> int:
+            ok = self._folio_intact(base) and base not in self.guest_inhibit_2m
+            return PG_LEVEL_2M if ok else PG_LEVEL_4K
+        return self.sched.op("kvm_mmu_max_mapping_level", base, level)
 
     def _tables_present(self, gfn: int, level: int) -> bool:
         self.rcu.rcu_read_lock()
@@ -833,16 +959,11 @@ class Kvm:
     def kvm_destroy_vm(self) -> None:
         """Teardown, vCPUs gone: close guest_memfd (every private leaf removed while the
         TD has its key), release the HKID, zap the roots (S-EPT tables reclaimed)."""
-        end = max(r.base + r.npages for r in self.regions)
         self.module.phase = "teardown"      # accounting only: SEAMCALLs by phase
-        self.mmu_lock.write_lock()
-        try:
-            # kvm_gmem_release(): no vm_bugged check, the leaves go even from a bugged
-            # VM (whose later failures no longer warn)
-            if self.module.hkid_assigned:
-                self.mmu.tdp_mmu_zap_leafs(self.mmu.mirror_root, 0, end)
-        finally:
-            self.mmu_lock.write_unlock()
+        # kvm_gmem_release(): no vm_bugged check, the leaves go even from a bugged VM
+        # (whose later failures no longer warn); nothing left if userspace closed it early
+        if self.module.hkid_assigned and self.gmem_file_open:
+            self.kvm_gmem_release()
         err = self.module.release_hkid()
         self.tdx_bug_on(err, "tdx_mmu_release_hkid", "TDH.MNG.KEY.FREEID")
         self.mmu_lock.write_lock()

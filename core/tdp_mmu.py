@@ -446,8 +446,10 @@ class TdpMmu:
         """tdp_mmu_zap_leafs(): zap every leaf in [start, end) under the write lock.
 
         A 2M leaf only partly inside the range is split first (hugepage RFC), so that
-        only the 4K pages in the range go.  Restarts from the root when cond_resched
-        dropped the lock.  Returns whether anything was zapped.
+        only the 4K pages in the range go.  When cond_resched dropped the lock the walk
+        restarts from the root at the next GFN (tdp_iter_restart() walks down to
+        ``next_last_level_gfn``), not at the start of the range.  Returns whether
+        anything was zapped.
         """
         kvm = self.kvm
         kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_zap_leafs")
@@ -455,13 +457,14 @@ class TdpMmu:
         kvm.rcu.rcu_read_lock()
         try:
             restart = True
+            at = start
             while restart:
                 restart = False
-                for sp, i, gfn, level, old in self._leaves(root, start, end):
+                for sp, i, gfn, level, old in self._leaves(root, at, end):
                     n = level_pages(level)
                     if level > PG_LEVEL_4K and (gfn < start or gfn + n > end):
                         self.tdp_mmu_split_huge_page(sp, i, gfn, old, level)
-                        restart = True
+                        restart, at = True, max(at, gfn)
                         break
                     self.tdp_mmu_set_spte(sp, i, gfn, old, SHADOW_NONPRESENT_VALUE, level)
                     flush = True
@@ -469,7 +472,7 @@ class TdpMmu:
                     dropped = kvm.mmu_lock.cond_resched()
                     kvm.rcu.rcu_read_lock()
                     if dropped:
-                        restart = True
+                        restart, at = True, gfn + n
                         break
         finally:
             kvm.rcu.rcu_read_unlock()
@@ -554,37 +557,56 @@ class TdpMmu:
             child.spt[j] = make_spte(pfn + j * n, level - 1)
         return self.tdp_mmu_link_sp(sp, i, gfn, old, child, shared=False)
 
-    def tdp_mmu_promote(self, root: KvmMmuPage, gfn: int) -> bool:
-        """hunt-b's what-if: replace a mirror table of 512 contiguous 4K leaves by one 2M
-        leaf under the write lock (row 9).  Returns whether it promoted."""
+    def tdp_mmu_make_huge_spte(self, parent: int) -> int | None:
+        """tdp_mmu_make_huge_spte(): the huge SPTE that replaces the table ``parent``
+        points at, made from its *first* present leaf (make_huge_spte(): that leaf's PFN
+        aligned down to 2M); None (-ENOENT) if the table has no leaf.  Nothing checks
+        the other 511: for a direct root the host mapping level says the backing is
+        huge, and that is enough."""
+        child = self.spte_to_child_sp(parent)
+        for j in range(512):
+            v = child.read(j)
+            if is_shadow_present_pte(v) and is_last_spte(v, PG_LEVEL_4K):
+                # "huge_spte already has the address of the sub-page being collapsed
+                # from small_spte, so just clear the lower address bits"
+                pfn = spte_to_pfn(v)
+                return make_spte(pfn - pfn % 512, PG_LEVEL_2M)
+        return None
+
+    def recover_huge_pages_range(self, root: KvmMmuPage, start: int, end: int) -> bool:
+        """recover_huge_pages_range() (David Matlack, "Recover TDP MMU huge page mappings
+        in-place instead of zapping", v6.12), hunt-b's patch: run on the mirror root.
+        For each 2M entry inside [start, end): skip it unless it is a present table
+        whose range kvm_mmu_max_mapping_level() allows at 2M, make the huge SPTE from
+        its first leaf and install it (row 9).  The kernel's runs under the read lock
+        and installs with tdp_mmu_set_spte_atomic(), which restores the SPTE when the
+        S-EPT update fails and retries; hunt-b's patch installs under the write lock
+        with tdp_mmu_set_spte(), the setter that cannot undo, which is where seed 002's
+        row 9 KVM_BUG_ON is hittable.  Returns whether it installed a huge SPTE."""
         kvm = self.kvm
-        kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_promote")
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        kvm.mmu_lock.lockdep_assert_held_write("recover_huge_pages_range")
+        done = False
         kvm.rcu.rcu_read_lock()
         try:
-            found = self._find(root, base, PG_LEVEL_2M)
-            if found is None:
-                return False
-            sp, i, old = found
-            if not is_shadow_present_pte(old) or is_last_spte(old, PG_LEVEL_2M):
-                return False
-            child = self.spte_to_child_sp(old)
-            first = None
-            for j in range(512):
-                v = child.read(j)
-                if not is_shadow_present_pte(v):
-                    return False
-                if first is None:
-                    first = spte_to_pfn(v)
-                    if first % 512:
-                        return False
-                elif spte_to_pfn(v) != first + j:
-                    return False
-            assert first is not None
-            self.tdp_mmu_set_spte(sp, i, base, old, make_spte(first, PG_LEVEL_2M), PG_LEVEL_2M)
-            return True
+            base = gfn_round_for_level(start + 511, PG_LEVEL_2M)
+            for gfn in range(base, end - 511, 512):
+                found = self._find(root, gfn, PG_LEVEL_2M)
+                if found is None:
+                    continue
+                sp, i, old = found
+                if not is_shadow_present_pte(old) or is_last_spte(old, PG_LEVEL_2M):
+                    continue
+                # "if (max_mapping_level < iter.level) continue"
+                if kvm.kvm_mmu_max_mapping_level(gfn) < PG_LEVEL_2M:
+                    continue
+                huge = self.tdp_mmu_make_huge_spte(old)
+                if huge is None:
+                    continue
+                self.tdp_mmu_set_spte(sp, i, gfn, old, huge, PG_LEVEL_2M)
+                done = True
         finally:
             kvm.rcu.rcu_read_unlock()
+        return done
 
     def zap_root(self, root: KvmMmuPage) -> None:
         """__tdp_mmu_zap_root() at teardown, write lock: zap every top-level entry; the

@@ -87,8 +87,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("hunt-a2", "hugepage-rfc plus table population linking mirror tables under the "
             "write lock (row 4)", hunt="a2", opens_row=4, hunt_kind="KVM_BUG_ON",
             hunt_where="handle_changed_spte", **_BASE),
-    Variant("hunt-b", "hugepage-rfc plus promotion of a mirror table to a 2M leaf with "
-            "TDH.MEM.PAGE.PROMOTE (row 9)", hunt="b", opens_row=9, hunt_kind="KVM_BUG_ON",
+    Variant("hunt-b", "hugepage-rfc plus huge-page recovery (recover_huge_pages_range()) "
+            "run on the mirror root under the write lock: a table becomes a 2M leaf made "
+            "from its first leaf, with TDH.MEM.PAGE.PROMOTE (row 9)", hunt="b", opens_row=9,
+            hunt_kind="KVM_BUG_ON",
             hunt_where="handle_changed_spte", **_BASE),
     Variant("hunt-c", "hugepage-rfc plus an atomic zap of mirror leaves under the read lock "
             "(row 11)", hunt="c", opens_row=11, hunt_kind="TDX_BUG_ON", **_BASE),

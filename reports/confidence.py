@@ -27,12 +27,15 @@ def pct_bound(s: dict) -> dict:
     Returns ``{"ok": bool, "why": str, "n", "k", "runs", "runs_past_k", "rows": [{"depth",
     "p_run", "miss", "runs_for_95"}]}``.
     """
-    runs = int(s.get("runs", 0))
     pct = s.get("pct")
-    if s.get("mode") != "controlled" or s.get("strategy") != "pct" or not pct:
+    if s.get("mode") != "controlled" or s.get("strategy") not in ("pct", "portfolio") \
+            or not pct:
         how = "free mode" if s.get("mode") == "free" else f"strategy {s.get('strategy')}"
         return {"ok": False, "why": f"{how} gives no probabilistic guarantee; the PCT "
-                f"bound needs --mode controlled --strategy pct", "rows": []}
+                f"bound needs --mode controlled and --strategy pct or portfolio", "rows": []}
+    # only the runs PCT scheduled count (a portfolio's even seeds); summaries written
+    # before the portfolio existed ran PCT alone
+    runs = int(pct.get("runs", s.get("runs", 0)))
     if runs == 0:
         return {"ok": False, "why": "no run finished", "rows": []}
     n, k, d = max(1, int(s.get("threads_max", 1))), max(1, int(pct["k"])), int(pct["depth"])
@@ -53,7 +56,9 @@ def confidence_text(s: dict) -> list[str]:
     b = pct_bound(s)
     if not b["ok"]:
         return [f"No PCT bound: {b['why']}."]
-    lines = [f"PCT bound (Burckhardt et al. 2010) for {b['runs']:,} runs with n = {b['n']} "
+    which = (f" PCT runs (the portfolio's even seeds, of {int(s.get('runs', 0)):,})"
+             if s.get("strategy") == "portfolio" else " runs")
+    lines = [f"PCT bound (Burckhardt et al. 2010) for {b['runs']:,}{which} with n = {b['n']} "
              f"threads and k = {b['k']} SEAMCALL windows: one run finds a given bug of depth "
              f"d with probability at least 1/(n·k^(d-1)).", "",
              "| depth d | per run, at least | missed by all runs, at most | runs for 95% |",

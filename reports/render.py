@@ -98,9 +98,10 @@ def merge_summaries(summaries: list[dict]) -> dict:
                 g["first_seed"], g["repro"], g["_dir"] = f["first_seed"], f["repro"], f["_dir"]
     m["findings"] = sorted(by_sig.values(), key=lambda f: f["first_seed"])
     m["threads_max"] = max(s.get("threads_max", 0) for s in summaries)
-    pcts = [(s["pct"], s["runs"]) for s in summaries if s.get("pct")]
+    pcts = [(s["pct"], s["pct"].get("runs", s["runs"])) for s in summaries if s.get("pct")]
     if pcts:
         m["pct"] = {"k": max(p["k"] for p, _ in pcts), "depth": pcts[0][0]["depth"],
+                    "runs": sum(r for _, r in pcts),
                     "sync_steps_mean": round(sum(p["sync_steps_mean"] * r for p, r in pcts)
                                              / max(1, sum(r for _, r in pcts)), 1),
                     "sync_steps_max": max(p["sync_steps_max"] for p, _ in pcts),

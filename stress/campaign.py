@@ -177,6 +177,7 @@ class Totals:
     # how many runs took more SEAMCALL windows than k (their tail got no change point)
     threads_max: int = 0
     pct_k_max: int = 0
+    pct_runs: int = 0           # runs PCT scheduled (all of them with --strategy pct)
     sync_steps_sum: int = 0
     sync_steps_max: int = 0
     runs_past_k: int = 0
@@ -249,8 +250,8 @@ class Campaign:
             "vm_killed_runs": t.vm_killed, "map_gpa_exits": t.map_gpa,
             "seeds": _ranges(sorted(t.seeds_done)),
             "threads_max": t.threads_max,
-            "pct": ({"k": t.pct_k_max, "depth": cfg.depth,
-                     "sync_steps_mean": round(t.sync_steps_sum / max(t.runs, 1), 1),
+            "pct": ({"k": t.pct_k_max, "depth": cfg.depth, "runs": t.pct_runs,
+                     "sync_steps_mean": round(t.sync_steps_sum / max(t.pct_runs, 1), 1),
                      "sync_steps_max": t.sync_steps_max, "runs_past_k": t.runs_past_k}
                     if t.pct_k_max else None),
             "timeline": self.timeline,
@@ -282,6 +283,7 @@ class Campaign:
         t.threads_max = max(t.threads_max, s["threads"])
         if s["pct_k"]:
             t.pct_k_max = max(t.pct_k_max, s["pct_k"])
+            t.pct_runs += 1
             t.sync_steps_sum += s["sync_steps"]
             t.sync_steps_max = max(t.sync_steps_max, s["sync_steps"])
             t.runs_past_k += s["sync_steps"] > s["pct_k"]

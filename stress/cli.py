@@ -79,7 +79,9 @@ def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
     g.add_argument("--variant", default="hugepage-rfc",
                    help=f"kernel variant (default hugepage-rfc): {', '.join(VARIANTS)}")
     g.add_argument("--mode", default="controlled", choices=MODES)
-    g.add_argument("--strategy", default="pct", choices=STRATEGIES)
+    g.add_argument("--strategy", default="portfolio", choices=STRATEGIES,
+                   help="controlled mode: pct, random, or portfolio (default: pct on even "
+                        "seeds, random on odd ones)")
     g.add_argument("--depth", type=int, default=3, help="PCT depth (default 3)")
     g.add_argument("--seed", default=None,
                    help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
@@ -93,8 +95,9 @@ def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
     g.add_argument("--busy-rate", type=float, default=0.0,
                    help="extra random BUSY on top of the modelled contention (0..1)")
     g.add_argument("--max-steps", type=int, default=200_000)
-    g.add_argument("--guest", default="ve-accept", choices=GUESTS,
-                   help="the guest: one that accepts on #VE (default) or a Linux TD")
+    g.add_argument("--guest", default="linux", choices=GUESTS,
+                   help="the guest: a Linux TD (default) or one that accepts on #VE "
+                        "(ve-accept, a what-if)")
     g.add_argument("--conversions", default=None, choices=CONVERSIONS,
                    help="who converts memory: the guest with MapGPA (default for a Linux "
                         "TD) or userspace on its own (async; the default otherwise)")
@@ -163,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many seconds to catch the canary (default 120)")
     n.add_argument("--seed", default=None,
                    help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
-    n.add_argument("--strategy", default="pct", choices=STRATEGIES)
+    n.add_argument("--strategy", default="portfolio", choices=STRATEGIES)
     n.add_argument("--depth", type=int, default=3)
     n.add_argument("--busy-rate", type=float, default=0.0)
-    n.add_argument("--guest", default="ve-accept", choices=GUESTS,
+    n.add_argument("--guest", default="linux", choices=GUESTS,
                    help="the guest of every campaign (linux: with MapGPA conversions)")
     n.add_argument("--workers", type=_positive_int, default=1)
     n.add_argument("--out", default=None,
@@ -245,8 +248,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(variant=args.variant, mode=args.mode, strategy=args.strategy,
                      depth=args.depth, vcpus=args.vcpus, zappers=args.zappers, ops=args.ops,
                      busy_rate=args.busy_rate, max_steps=args.max_steps, guest=args.guest,
-                     conversions=args.conversions or (
-                         "mapgpa" if args.guest == "linux" else "async")).validate()
+                     conversions=args.conversions or "").validate()
 
 
 # ---------------------------------------------------------------------- commands
@@ -322,8 +324,7 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
                          f"{', '.join(VARIANTS)}, or none")
     shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate,
-                  guest=args.guest,
-                  conversions="mapgpa" if args.guest == "linux" else "async")
+                  guest=args.guest)
     RunConfig(**shared).validate()            # bad values: one sentence, before any run
     seed, source = resolve_seed(args.seed)
     duration = None if args.seeds else (args.duration or 120.0)

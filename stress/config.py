@@ -18,7 +18,17 @@ MODES = ("controlled", "free")
 # more adversarial: a Linux TD dies when it touches memory taken from under it).
 GUESTS = ("linux", "ve-accept")
 CONVERSIONS = ("mapgpa", "async")
-STRATEGIES = ("pct", "random")
+# controlled-mode strategies; "portfolio" runs PCT on even seeds and random on odd ones
+# (strategy_of), as Coyote's portfolio runs several strategies side by side: PCT's
+# priorities give its bound and find bugs of few ordering points, random's fine-grained
+# switching finds those of many (a Linux TD's hunt-b: four ordering points)
+STRATEGIES = ("portfolio", "pct", "random")
+
+
+def default_conversions(guest: str) -> str:
+    """Who converts memory unless told: a Linux TD asks with MapGPA; the ``ve-accept``
+    guest makes no TDVMCALL, so userspace converts on its own."""
+    return "mapgpa" if guest == "linux" else "async"
 
 
 class ConfigError(ValueError):
@@ -30,7 +40,7 @@ class RunConfig:
     """Everything that shapes one run except its seed."""
     variant: str = "hugepage-rfc"
     mode: str = "controlled"
-    strategy: str = "pct"
+    strategy: str = "portfolio"
     depth: int = 3
     vcpus: int = 2
     zappers: int = 2
@@ -41,10 +51,14 @@ class RunConfig:
     # chance, per turn of a retry loop (tdx_handle_ept_violation, kvm_tdp_map_page), that
     # a signal is pending for the thread (signal_pending(current)): rare, seeded
     signal_rate: float = 0.0002
-    # the ve-accept guest with async conversions stays the default until the hunts find
-    # their bugs as fast with a Linux TD (issue 10 has the figures)
-    guest: str = "ve-accept"
-    conversions: str = "async"
+    # a Linux TD (core.guest.LinuxTdGuest); "" conversions: the guest's own flow
+    # (default_conversions)
+    guest: str = "linux"
+    conversions: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.conversions:
+            object.__setattr__(self, "conversions", default_conversions(self.guest))
 
     def validate(self) -> "RunConfig":
         get_variant(self.variant)   # raises UnknownVariant with the list of valid ones
@@ -75,6 +89,13 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def strategy_of(self, seed: int) -> str:
+        """The strategy seed ``seed`` runs with: the portfolio's PCT on even seeds,
+        random on odd ones; otherwise the one configured."""
+        if self.strategy == "portfolio":
+            return "pct" if seed % 2 == 0 else "random"
+        return self.strategy
 
     def to_dict(self) -> dict:
         return asdict(self)

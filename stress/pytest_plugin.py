@@ -87,7 +87,7 @@ _OPTIONS = {
             "shown at the start)",
     "seeds": "seeds per campaign (default: the test's budget, else 20 s)",
     "duration": "seconds per campaign (with --tdx-stress-seeds: whichever ends first)",
-    "strategy": "controlled-mode strategy: pct or random",
+    "strategy": "controlled-mode strategy: portfolio (default), pct or random",
     "depth": "PCT depth (1..20)",
     "mode": "controlled or free",
     "workers": "worker processes per campaign (default 1)",

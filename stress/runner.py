@@ -98,7 +98,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = TraceStrategy(trace)
         elif schedule is not None:
             strategy = ReplayStrategy(schedule, lenient=lenient)
-        elif cfg.strategy == "random":
+        elif cfg.strategy_of(seed) == "random":
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,

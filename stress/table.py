@@ -44,7 +44,7 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
     t0 = time.monotonic()
     seed = base_seed
     while time.monotonic() - t0 < budget:
-        cfg = RunConfig(variant=variant, strategy="pct" if seed % 2 == 0 else "random")
+        cfg = RunConfig(variant=variant, strategy="portfolio")
         r = run_seed(cfg, seed, stop_on=stop, record_steps=False)
         runs += 1
         seed += 1

@@ -35,6 +35,10 @@ ZAP_OPS = {
     "punch": 3, "convert": 2, "memslot": 3, "notifier": 2, "split": 2, "zap_table": 2,
     "prefault": 2, "populate": 1, "recover": 1,
 }
+# kvm_gmem_release() while the TD runs: a VMM that converts on its own (async) closes
+# guest_memfd as its first zapper's last operation in this share of runs
+RELEASE_RATE = 0.25
+ZAP_OPS_KNOWN = frozenset(ZAP_OPS) | {"release"}
 # The operations a hunt's path needs: the path itself (x4), and what sets it up (x2):
 # a2 links tables, so tables must go first; b promotes tables that a split made.
 HUNT_OPS = {"a1": ("prefault", ("memslot", "punch")), "a2": ("populate", ("zap_table",)),
@@ -57,9 +61,13 @@ def _gfn(rng: random.Random, hugepages: bool) -> int:
 def generate(cfg: RunConfig, rng: random.Random) -> Workload:
     """The workload of a run, from the seed's workload stream: the Linux TD's
     (:func:`generate_linux`) or the ``ve-accept`` guest's (:func:`generate_ve_accept`)."""
-    if cfg.guest == "linux":
-        return generate_linux(cfg, rng)
-    return generate_ve_accept(cfg, rng)
+    w = generate_linux(cfg, rng) if cfg.guest == "linux" else generate_ve_accept(cfg, rng)
+    if cfg.conversions == "async" and w.zaps and rng.random() < RELEASE_RATE:
+        # a hostile VMM closes guest_memfd while the vCPUs still run: the last thing
+        # its first zapper does (drawn last, so the rest of the workload is unchanged)
+        zaps = (w.zaps[0] + (("release", 0, 0),),) + w.zaps[1:]
+        w = Workload(w.initial, w.programs, zaps)
+    return w
 
 
 def _zap_weights(cfg: RunConfig) -> dict[str, int]:
@@ -223,7 +231,8 @@ def new_vm(cfg: RunConfig, sched: object, rec: object, busy_rng: random.Random,
     return Kvm(cfg.variant, sched, nr_vcpus=max(1, nr_vcpus),  # type: ignore[arg-type]
                regions=REGIONS, busy_rate=cfg.busy_rate, rng=busy_rng,
                recorder=rec, signal_rate=cfg.signal_rate,  # type: ignore[arg-type]
-               signal_rng=signal_rng, guest=cfg.guest)
+               signal_rng=signal_rng, guest=cfg.guest,
+               hostile_vmm=cfg.conversions == "async")
 
 
 def workload_to_json(w: Workload) -> dict:
@@ -247,7 +256,8 @@ def workload_from_json(d: dict) -> Workload:
                 raise ValueError(f"unknown guest instruction {list(ins)}")
     for script in w.zaps:
         for op in script:
-            if len(op) != 3 or op[0] not in ZAP_OPS or not all(isinstance(x, int) for x in op[1:]):
+            if len(op) != 3 or op[0] not in ZAP_OPS_KNOWN or \
+                    not all(isinstance(x, int) for x in op[1:]):
                 raise ValueError(f"unknown zapper operation {list(op)}")
     if not all(isinstance(g, int) for g in w.initial):
         raise ValueError("initial pages must be GFNs")
@@ -275,6 +285,8 @@ def run_zap_op(kvm: Kvm, op: tuple) -> None:
         kvm.kvm_populate_tables(g)
     elif name == "recover":
         kvm.kvm_recover_huge_pages(g)
+    elif name == "release":
+        kvm.kvm_gmem_release()
     else:
         raise ValueError(f"unknown zapper operation {name!r}")
 
@@ -304,7 +316,8 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
         rip, stuck = guest.rip, 0
         me = current()
         me.item = rip
-        while kvm.vcpu_enter_guest(v, guest) and not guest.done:
+        # the VMM calls KVM_RUN again until the guest is done or it stopped the VM
+        while kvm.vcpu_enter_guest(v, guest) and not guest.done and not kvm.vmm_stopped:
             me.item = guest.rip        # exit handling serves the instruction at RIP
             if guest.rip != rip:
                 rip, stuck = guest.rip, 0

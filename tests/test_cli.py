@@ -242,8 +242,9 @@ def test_help_on_every_command():
 def test_defaults_are_the_documented_ones():
     args = cli.build_parser().parse_args(["run"])
     assert (args.variant, args.mode, args.strategy, args.depth) == \
-        ("hugepage-rfc", "controlled", "pct", 3)
+        ("hugepage-rfc", "controlled", "portfolio", 3)
     assert args.default_duration == 30.0 and args.seeds is None
+    assert (args.guest, args.conversions) == ("linux", None)        # None: the guest's own flow
 
 
 def test_seed_precedence(monkeypatch):

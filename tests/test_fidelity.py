@@ -9,6 +9,7 @@ from core.oracle import classify
 from core.sched import ThreadCtx, current
 from core.spte import FROZEN_SPTE, SHADOW_NONPRESENT_VALUE
 from core.tdx import KVM_REQ_OUTSIDE_GUEST_MODE
+from core.variants import get_variant as get_hunt
 from stress.config import RunConfig
 from stress.runner import run_seed
 
@@ -224,3 +225,71 @@ def test_a_private_fault_without_guest_memfd_ends_with_efault():
     assert kvm.region_of(0x40) is None
     assert kvm.kvm_prefault(0x40) == -EFAULT
     assert kvm.kvm_tdp_page_fault(0x40) == -EFAULT
+
+
+@pytest.mark.unit
+def test_a_4k_accept_exit_inhibits_2m_in_its_range_for_good():
+    """RFC5 41/45 tdx_handle_mismatched_accept(): an ACCEPT-type EPT violation at 4K in a
+    huge region splits any 2M leaf and sets the guest-inhibit bit; later faults there map
+    4K (kvm_mmu_max_mapping_level() reads disallow_lpage) and hunt-b's recovery skips the
+    range.  The old model mapped 2M again and promoted it."""
+    from core.guest import ProgramGuest
+    kvm = vm("hunt-b")
+    kvm.vcpu_enter_guest(kvm.vcpus[0], ProgramGuest((("accept", 0x205, 1),)))
+    assert 0x200 in kvm.guest_inhibit_2m
+    kvm.kvm_tdp_page_fault(0x2FF, True, 2)          # a 2M fault elsewhere in the range
+    leaf = kvm.module.leaf_of(0x2FF)
+    assert leaf is not None and leaf[0] == 1        # mapped at 4K, not 2M
+    for g in range(0x200, 0x400):
+        kvm.kvm_tdp_page_fault(g, True, 2)
+    assert kvm.kvm_recover_huge_pages(0x200) is False
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(20)
+def test_closing_guest_memfd_while_the_td_runs_zaps_every_private_leaf():
+    """kvm_gmem_release(): the memslots hold no reference to the file, so a VMM may close
+    it while vCPUs run; every private mapping is zapped (bracket and zap under the write
+    lock, row 12), the backing stays, and every later private fault ends with -EFAULT
+    (slot->gmem.file is NULL).  The old model had no such operation and released
+    nothing before teardown."""
+    from core.kvm import EFAULT
+    from core.tdp_mmu import RET_PF_FIXED
+    kvm = vm()
+    assert kvm.kvm_tdp_page_fault(0x3, True, 1) == RET_PF_FIXED
+    assert kvm.kvm_tdp_page_fault(0x205, True, 2) == RET_PF_FIXED
+    assert kvm.module.leaf_of(0x3) is not None and kvm.module.leaf_of(0x205) is not None
+    rows12 = current().rows[12]
+    kvm.kvm_gmem_release()
+    assert kvm.module.leaf_of(0x3) is None and kvm.module.leaf_of(0x205) is None
+    assert current().rows[12] > rows12
+    assert kvm.mmu_invalidate_in_progress == 0
+    assert kvm.gmem.get(0x3) is not None            # the inode keeps the memory
+    assert kvm.kvm_tdp_page_fault(0x3, True, 1) == -EFAULT
+    kvm.kvm_destroy_vm()                           # nothing left to release: no finding
+    assert not kvm.rec.findings
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(20)
+def test_recovery_opened_to_the_mirror_promotes_from_the_first_leaf():
+    """recover_huge_pages_range() makes the huge SPTE from the table's first present leaf
+    (tdp_mmu_make_huge_spte()) and checks only kvm_mmu_max_mapping_level(): on the
+    mirror root a table with missing children goes to TDH.MEM.PAGE.PROMOTE, which the
+    module refuses.  The old model skipped any table not fully populated, a guard no
+    kernel has.  A range with a shared GFN (mixed attributes) is skipped."""
+    kvm = vm("hunt-b")
+    for g in (0x200, 0x201, 0x205):
+        kvm.kvm_tdp_page_fault(g, True, 1)       # a table in the 2M range, 3 leaves of 512
+    assert kvm.kvm_mmu_max_mapping_level(0x200) == 2
+    assert kvm.kvm_recover_huge_pages(0x200) is True
+    hit = [f for f in kvm.rec.findings if get_hunt("hunt-b").hunt_hit(f)]
+    assert hit and "TDX_EPT_INVALID_PROMOTE_CONDITIONS" in hit[0].signature
+
+    mixed = vm("hunt-b")
+    for g in (0x200, 0x201, 0x205):
+        mixed.kvm_tdp_page_fault(g, True, 1)
+    mixed.kvm_vm_set_mem_attributes(0x210, 0x211, shared=True)
+    assert mixed.kvm_mmu_max_mapping_level(0x200) == 1
+    assert mixed.kvm_recover_huge_pages(0x200) is False
+    assert not mixed.rec.findings

@@ -110,7 +110,7 @@ def test_header_names_the_run(run_dir):
     page = html.unescape((run_dir / "report.html").read_text())
     cmd = "tdx-stress run --variant hunt-d --seeds 40 --seed 0 --out " + str(run_dir) + " -q"
     for text in (md, page):
-        assert "hunt-d" in text and "controlled" in text and "pct" in text
+        assert "hunt-d" in text and "controlled" in text and "portfolio" in text
         assert "base seed 0; 40 seeds run: 0–39" in text
         assert s["tool_version"] in text and cmd in text
         assert f"{s['elapsed_s']:.1f} s" in text
@@ -373,3 +373,17 @@ def test_report_in_headless_chromium_shows_matrix_and_findings(run_dir, tmp_path
     assert len(re.findall(r'<tr class="[^"]*" id="row-\d+">', matrix)) == 14
     assert dom.count('<section class="finding"') == len(s["findings"])
     assert dom.count("<svg") == 2 + (len(s["timeline"]) >= 2)
+
+
+@pytest.mark.timeout(120)
+def test_a_portfolio_states_the_bound_of_its_pct_runs_only(run_dir):
+    """The default portfolio runs PCT on even seeds and random on odd ones; the PCT bound
+    counts only the runs PCT scheduled (the old summary would have claimed all 40)."""
+    from reports.confidence import confidence_text, pct_bound
+    s = summary_of(run_dir)
+    assert s["strategy"] == "portfolio" and s["runs"] == 40
+    assert s["pct"]["runs"] == 20
+    assert pct_bound(s)["runs"] == 20
+    assert "for 20 PCT runs (the portfolio's even seeds, of 40)" in confidence_text(s)[0]
+    merged = merge_summaries([dict(s, _dir=run_dir), dict(s, _dir=run_dir)])
+    assert merged["pct"]["runs"] == 40 and pct_bound(merged)["runs"] == 40

@@ -19,7 +19,7 @@ SMALL = dict(ops=4)
 _FIRST_HITS: dict = {}
 
 
-def first_hit(variant, strategy="pct", mode="controlled", seeds=range(500), stop=None,
+def first_hit(variant, strategy="portfolio", mode="controlled", seeds=range(500), stop=None,
               **kw):
     """The first seed of ``seeds`` whose run hits ``stop`` (the hunt's bug by default).
     Controlled runs are pure functions of (configuration, seed), so a default search is
@@ -202,7 +202,7 @@ def test_as_designed_runs_clean(variant):
 
 @pytest.mark.quality
 @pytest.mark.parametrize("variant", ["hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d"])
-def test_pct_finds_each_hunt_within_500_seeds(variant):
+def test_the_default_strategy_finds_each_hunt_within_500_seeds(variant):
     cfg, seed, r, hit = first_hit(variant, seeds=range(500))
     v = variant.split("-")[1]
     assert hit.path == v and get_variant(variant).hunt_hit(hit)
