@@ -112,6 +112,12 @@ class KvmVcpu:
 class Kvm:
     """One TD and everything KVM keeps for it."""
 
+    def __new__(cls, variant: Variant | str = "hugepage-rfc", *args: object,
+                **kwargs: object) -> "Kvm":
+        """A patch variant that overrides Kvm's functions gets its subclass."""
+        v = get_variant(variant) if isinstance(variant, str) else variant
+        return super().__new__(v.compose(cls))
+
     def __init__(self, variant: Variant | str = "hugepage-rfc", sched: Scheduler | None = None,
                  *, nr_vcpus: int = 2, regions: tuple[MemRegion, ...] | None = None,
                  busy_rate: float = 0.0, rng: random.Random | None = None,
@@ -137,11 +143,12 @@ class Kvm:
         # a guest that fails because memory went from under it is its doing
         self.hostile_vmm = hostile_vmm
         # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (MODEL: guest kinds)
-        self.module = TdxModule(self.sched, nr_vcpus, busy_rate=busy_rate, rng=rng,
-                                mutations=self.mutations,
-                                sept_ve_disable=guest == "linux")
-        self.tdx = KvmTdx(self)
-        self.mmu = TdpMmu(self)
+        v = self.variant
+        self.module = v.compose(TdxModule)(self.sched, nr_vcpus, busy_rate=busy_rate,
+                                           rng=rng, mutations=self.mutations,
+                                           sept_ve_disable=guest == "linux")
+        self.tdx = v.compose(KvmTdx)(self)
+        self.mmu = v.compose(TdpMmu)(self)
         self.vcpus = [KvmVcpu(i) for i in range(nr_vcpus)]
         self.regions = regions if regions is not None else (
             MemRegion(0x0, 16), MemRegion(0x200, 512, huge=True))

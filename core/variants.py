@@ -30,10 +30,26 @@ class Variant:
     opens_row: int | None = None
     hunt_kind: str | None = None   # the finding the hunt is after
     hunt_where: str | None = None  # ... and where it is reported (None: anywhere)
+    # a user's patch (``--variant PATH.py``, see stress.patches): the built-in variant it
+    # derives from, its model classes that override the base's, the finding it is after
+    # (kind, where) if it plants one, and a hash of its source
+    base: str | None = None
+    overrides: tuple[type, ...] = ()
+    finds: tuple[str, str | None] | None = None
+    patch_hash: str = ""
 
     @property
     def as_designed(self) -> bool:
-        return self.hunt is None
+        """Expected to run clean: no hunt, and not a patch that plants a bug."""
+        return self.hunt is None and self.finds is None
+
+    def compose(self, cls: type) -> type:
+        """The class this variant uses for model class ``cls``: the patch's override of
+        it, or ``cls`` itself."""
+        for o in self.overrides:
+            if issubclass(o, cls):
+                return o
+        return cls
 
     def hunt_hit(self, f: Any) -> bool:
         """Whether finding ``f`` (a :class:`core.findings.Finding` or its dict) is the
@@ -44,9 +60,17 @@ class Variant:
         of the SEAMCALL is reported first and the KVM_BUG_ON of handle_changed_spte()
         right after it stays silent (the VM is already bugged), so (d)'s KVM_BUG_ON
         is usually the consequence of the root, not the root itself."""
+        get = (lambda k: f.get(k)) if isinstance(f, dict) else (lambda k: getattr(f, k))
+        if self.finds is not None:
+            kind, at = self.finds
+
+            def plain(k: str, w: str) -> bool:
+                return k == kind and (at is None or w.split(":")[0] == at)
+            return plain(get("kind") or "", get("where") or "") or any(
+                c.get("same_change") and plain(c["kind"], c["where"])
+                for c in get("consequences") or ())
         if self.hunt is None:
             return False
-        get = (lambda k: f.get(k)) if isinstance(f, dict) else (lambda k: getattr(f, k))
 
         def match(kind: str, where: str, path: str | None) -> bool:
             return kind == self.hunt_kind and path == self.hunt and (
@@ -103,10 +127,22 @@ AS_DESIGNED = ("v6.19", "refactor-2026", "hugepage-rfc")
 HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
 
 
+# Modules whose load_patch(name) knows variants that are not built in (patch files),
+# imported only when a name is not a built-in one; each returns a Variant, or None if
+# the name is not its kind.
+LOADERS: list[str] = ["stress.patches"]
+
+
 def get_variant(name: str) -> Variant:
-    """The variant called ``name``; an unknown name raises :class:`UnknownVariant`."""
+    """The variant called ``name`` (a built-in one, or one a loader knows, such as a
+    patch file); an unknown name raises :class:`UnknownVariant`."""
     try:
         return VARIANTS[name]
     except KeyError:
+        import importlib
+        for module in LOADERS:
+            v = importlib.import_module(module).load_patch(name)
+            if v is not None:
+                return v
         raise UnknownVariant(f"unknown variant {name!r}; valid variants: "
-                             f"{', '.join(VARIANTS)}") from None
+                             f"{', '.join(VARIANTS)}, or a patch file (PATH.py)") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from core import __version__
-from core.variants import AS_DESIGNED, VARIANTS, UnknownVariant
+from core.variants import AS_DESIGNED, VARIANTS, UnknownVariant, Variant, get_variant
 from reports.render import ReportError
 
 from .config import CONVERSIONS, GUESTS, MODES, STRATEGIES, ConfigError, RunConfig
@@ -178,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--junit", default=None, help="also write the job's JUnit XML here")
     n.add_argument("-q", "--quiet", action="store_true")
     n.add_argument("-v", "--verbose", action="store_true")
-    sub.add_parser("variants", help="list the kernel variants and what each opens")
+    vp = sub.add_parser("variants", help="list the kernel variants and what each opens; "
+                        "with patch files, what each overrides")
+    vp.add_argument("patches", nargs="*", help="patch files (PATH.py) to list too")
+    vp.add_argument("--show", default=None, metavar="NAME|PATH",
+                    help="print a patch's functions beside its base's")
     return p
 
 
@@ -187,9 +191,10 @@ def _variant_list(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one variant")
     for x in names:
-        if x not in VARIANTS:
-            raise argparse.ArgumentTypeError(f"unknown variant {x!r}; valid variants: "
-                                             f"{', '.join(VARIANTS)}")
+        try:
+            get_variant(x)
+        except UnknownVariant as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return names
 
 
@@ -320,9 +325,12 @@ def text_summary(s: dict, out: Path) -> str:
 def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
     from .nightly import NightlySpec, run_nightly
     canary = None if args.canary == "none" else args.canary
-    if canary is not None and canary not in VARIANTS:
-        raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
-                         f"{', '.join(VARIANTS)}, or none")
+    if canary is not None:
+        try:
+            get_variant(canary)
+        except UnknownVariant:
+            raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
+                             f"{', '.join(VARIANTS)}, a patch file, or none") from None
     shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate,
                   guest=args.guest)
     RunConfig(**shared).validate()            # bad values: one sentence, before any run
@@ -449,12 +457,43 @@ def cmd_table(args: argparse.Namespace) -> int:
     return ExitCode.FINDING if disagreements else ExitCode.OK
 
 
-def cmd_variants() -> int:
-    width = max(len(n) for n in VARIANTS)
-    for v in VARIANTS.values():
-        kind = ("as designed" if v.as_designed
-                else f"hunt {v.hunt} (row {v.opens_row}, {v.hunt_kind})")
+def _overridden(v: Variant) -> list[tuple[type, str]]:
+    """(model class, function) pairs a patch overrides, in source order."""
+    from .patches import PATCHABLE
+    out = []
+    for o in v.overrides:
+        model = next(c for c in PATCHABLE if issubclass(o, c))
+        out += [(model, a) for a, f in vars(o).items()
+                if callable(f) and not a.startswith("__") and not a.startswith("patch_")]
+    return out
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    import inspect
+    if args.show:
+        v = get_variant(args.show)
+        if not v.overrides:
+            raise UsageError(f"{args.show} is a built-in variant, not a patch: nothing to "
+                             f"show beside a base")
+        print(f"# {v.name}: {v.summary} (over {v.base})")
+        for model, attr in _overridden(v):
+            print(f"\n## {model.__name__}.{attr}, in {v.base}:\n")
+            print(inspect.getsource(getattr(model, attr)).rstrip())
+            print(f"\n## {model.__name__}.{attr}, in {v.name}:\n")
+            print(inspect.getsource(getattr(v.compose(model), attr)).rstrip())
+        return ExitCode.OK
+    given = [get_variant(p) for p in args.patches]
+    width = max(len(n) for n in [*VARIANTS, *(v.name for v in given)])
+    for v in [*VARIANTS.values(), *given]:
+        if v.overrides:
+            kind = f"patch over {v.base}" + (f", finds {v.finds[0]}" if v.finds else "")
+        else:
+            kind = ("as designed" if v.as_designed
+                    else f"hunt {v.hunt} (row {v.opens_row}, {v.hunt_kind})")
         print(f"{v.name:<{width}}  {kind}\n{'':<{width}}  {v.summary}")
+        if v.overrides:
+            print(f"{'':<{width}}  overrides "
+                  + ", ".join(f"{m.__name__}.{a}" for m, a in _overridden(v)))
     return ExitCode.OK
 
 
@@ -475,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "nightly":
             return cmd_nightly(args, ["tdx-stress"] + argv)
         print(f"tdx-stress {__version__}")
-        return cmd_variants()
+        return cmd_variants(args)
     except (UsageError, ConfigError, UnknownVariant, ReproError, ReportError) as e:
         print(f"tdx-stress: {e}", file=sys.stderr)
         return ExitCode.USAGE

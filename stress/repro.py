@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core import __version__
 from core.findings import Finding
+from core.variants import get_variant
 
 from .config import ConfigError, RunConfig
 from .controlled import rle
@@ -63,6 +64,8 @@ def make_repro(cfg: RunConfig, seed: int, workload: Workload, finding: Finding, 
         "tool_version": __version__,
         "model_hash": model_hash(),
         "variant": cfg.variant,
+        # a patch variant: the hash of its source, which the schedule's meaning hangs on
+        "patch_hash": get_variant(cfg.variant).patch_hash,
         "config": cfg.to_dict(),
         "seed": seed,
         "mode": "free" if trace is not None else "controlled",
@@ -149,6 +152,16 @@ def load_repro(path: str | Path, *, check_version: bool = True) -> Repro:
             raise ReproError(f"{p} was recorded against another model (hash "
                              f"{d.get('model_hash')}, this model is {model_hash()}); its "
                              "schedule would not mean the same here")
+        if d.get("patch_hash"):
+            from .patches import patch_source_hash
+            now = patch_source_hash(str(d.get("variant")))
+            if not now:
+                raise ReproError(f"{p} was recorded against the patch {d.get('variant')}, "
+                                 f"which is not there")
+            if now != d["patch_hash"]:
+                raise ReproError(f"{p} was recorded against another version of the patch "
+                                 f"{d.get('variant')} (hash {d['patch_hash']}, the file now "
+                                 f"{now}); its schedule would not mean the same here")
     missing = [k for k in ("variant", "config", "seed", "mode", "workload", "finding")
                if k not in d]
     if missing or ("schedule" not in d and "trace" not in d):

@@ -69,7 +69,7 @@ class RunResult:
 def hunt_stop(variant: str) -> StopOn:
     """The finding a hunt variant is after (MODEL §6), for --stop-on-first."""
     v = get_variant(variant)
-    if v.hunt is None:
+    if v.as_designed:
         return lambda f: f.kind not in ("LOCKDEP",)
     return v.hunt_hit
 

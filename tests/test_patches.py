@@ -1,0 +1,124 @@
+"""Your patch as a variant (issue 11): patch files over a built-in variant, found, shrunk,
+bound to their source, and refused with one sentence when they cannot be right."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.variants import get_variant
+from stress.config import RunConfig
+from stress.repro import ReproError, load_repro, make_repro, write_repro
+from stress.runner import hunt_stop, run_seed
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCHES = ROOT / "examples" / "patches"
+PLANTED = PATCHES / "remove_without_track.py"
+HARMLESS = PATCHES / "retry_loop_refactor.py"
+
+
+def tdx(*args, cwd=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "stress", *map(str, args)], cwd=cwd,
+                          env=e, capture_output=True, text=True, timeout=100)
+
+
+def first_hit(variant, seeds=range(30)):
+    cfg = RunConfig(variant=str(variant)).validate()
+    stop = hunt_stop(cfg.variant)
+    for seed in seeds:
+        r = run_seed(cfg, seed, stop_on=stop)
+        hits = [f for f in r.findings if stop(f)]
+        if hits:
+            return cfg, seed, r, hits[0]
+    raise AssertionError(f"{variant}: nothing in {seeds}")
+
+
+@pytest.mark.integration
+def test_a_planted_patch_is_found_where_it_says():
+    """The patch that forgets TDH.MEM.TRACK before REMOVE: the module refuses the REMOVE
+    (TDX_TLB_TRACKING_NOT_DONE), a TDX_BUG_ON in tdx_sept_remove_private_spte."""
+    v = get_variant(str(PLANTED))
+    assert v.base == "hugepage-rfc" and not v.as_designed
+    assert v.finds == ("TDX_BUG_ON", "tdx_sept_remove_private_spte")
+    _, _, _, hit = first_hit(PLANTED)
+    assert hit.kind == "TDX_BUG_ON" and "TDX_TLB_TRACKING_NOT_DONE" in hit.signature
+    # the base itself does not fail that way
+    base = RunConfig(variant="hugepage-rfc").validate()
+    assert not any(run_seed(base, s, record_steps=False).findings for s in range(3))
+
+
+@pytest.mark.integration
+def test_a_harmless_refactor_runs_exactly_as_its_base():
+    """tdh_do_no_vcpus() as a loop: the same steps in the same order, so every run is
+    trace-identical to hugepage-rfc's and clean."""
+    v = get_variant(str(HARMLESS))
+    assert v.as_designed and len(v.overrides) == 1
+    for seed in range(12):
+        mine = run_seed(RunConfig(variant=str(HARMLESS)).validate(), seed, record_steps=False)
+        base = run_seed(RunConfig(variant="hugepage-rfc").validate(), seed, record_steps=False)
+        assert mine.trace_hash == base.trace_hash and not mine.findings, seed
+
+
+@pytest.mark.integration
+def test_a_repro_is_bound_to_the_patch_it_was_recorded_against(tmp_path):
+    patch = tmp_path / "p.py"
+    shutil.copy(PLANTED, patch)
+    cfg, seed, r, hit = first_hit(patch)
+    path = write_repro(tmp_path, make_repro(cfg, seed, r.workload, hit, schedule=r.schedule,
+                                            threads=r.threads, steps=r.steps))
+    rp = load_repro(path)
+    again = run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
+                     stop_on=lambda f: f.signature == rp.signature)
+    assert [f.step for f in again.findings if f.signature == rp.signature] == [rp.step]
+    patch.write_text(patch.read_text() + "\n# an edit\n")
+    with pytest.raises(ReproError, match="another version of the patch"):
+        load_repro(path)
+    p = tdx("replay", path)
+    assert p.returncode == 2 and "another version of the patch" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+BAD = {
+    "missing": (None, "no patch file"),
+    "syntax": ('BASE = "hugepage-rfc"\nSUMMARY = "x"\ndef f(:\n', "syntax error at line 3"),
+    "base": ('BASE = "linux-7.0"\nSUMMARY = "x"\n', "unknown base variant 'linux-7.0'"),
+    "typo": ('from core.tdx import KvmTdx as B\nBASE = "hugepage-rfc"\nSUMMARY = "x"\n'
+             'class KvmTdx(B):\n    def tdx_trak(self):\n        pass\n',
+             "KvmTdx.tdx_trak overrides nothing in KvmTdx"),
+    "signature": ('from core.tdx import KvmTdx as B\nBASE = "hugepage-rfc"\nSUMMARY = "x"\n'
+                  'class KvmTdx(B):\n    def tdx_track(self, now):\n        pass\n',
+                  "KvmTdx.tdx_track(self, now) does not match KvmTdx.tdx_track(self)"),
+    "nothing": ('BASE = "hugepage-rfc"\nSUMMARY = "x"\n', "changes nothing"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_bad_patch_is_refused_with_one_sentence(tmp_path, kind):
+    text, says = BAD[kind]
+    patch = tmp_path / f"{kind}.py"
+    if text is not None:
+        patch.write_text(text)
+    p = tdx("run", "--variant", patch, "--seeds", 1, "--out", tmp_path / "run")
+    assert p.returncode == 2, p.stderr
+    assert says in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_variants_lists_a_patch_and_shows_it_beside_its_base():
+    p = tdx("variants", PLANTED)
+    assert p.returncode == 0
+    assert "patch over hugepage-rfc, finds TDX_BUG_ON" in p.stdout
+    assert "overrides KvmTdx.tdx_sept_remove_private_spte" in p.stdout
+    p = tdx("variants", "--show", PLANTED)
+    assert p.returncode == 0
+    base, mine = p.stdout.split("in hugepage-rfc:")[1].split(f"in {PLANTED}:")
+    assert "self.tdx_track()" in base and "self.tdx_track()" not in mine
+    p = tdx("variants", "--show", "hunt-b")
+    assert p.returncode == 2 and "not a patch" in p.stderr
