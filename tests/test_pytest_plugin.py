@@ -240,3 +240,26 @@ def test_plugin_constants_match_the_tool():
         "--tdx-stress-depth must be between 1 and 20"
     assert pytest_plugin._reword("--busy-rate must be at least 0", cmdline=False) == \
         "busy_rate must be at least 0"
+
+
+@pytest.mark.timeout(150)
+def test_a_patch_file_runs_from_the_command_line_and_the_marker(pytester, inner):
+    """Issue 11: ``--tdx-stress-variant PATH.py`` and the marker's ``variant=`` take a
+    patch file; the planted one fails the test with its finding, the harmless one passes."""
+    planted = ROOT / "examples" / "patches" / "remove_without_track.py"
+    harmless = ROOT / "examples" / "patches" / "retry_loop_refactor.py"
+    pytester.makepyfile(test_patch=f"""
+        import pytest
+
+        @pytest.mark.tdx_stress(variant={str(harmless)!r}, seeds=6)
+        def test_patch(tdx_stress):
+            tdx_stress.run()
+    """)
+    r = inner("test_patch.py", "--tdx-stress-seed", 0)
+    r.assert_outcomes(passed=1)
+    r = inner("test_patch.py", "--tdx-stress-variant", planted, "--tdx-stress-seed", 0,
+              "--tdx-stress-seeds", 20)
+    r.assert_outcomes(failed=1)
+    out = r.stdout.str()
+    assert "TDX_TLB_TRACKING_NOT_DONE" in out and "Traceback" not in out
+    assert re.search(r"^ +tdx-stress replay (/\S+\.json)$", out, re.M)
