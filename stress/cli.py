@@ -482,7 +482,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
             print(f"\n## {model.__name__}.{attr}, in {v.name}:\n")
             print(inspect.getsource(getattr(v.compose(model), attr)).rstrip())
         return ExitCode.OK
-    given = [get_variant(p) for p in args.patches]
+    from .patches import installed_patches
+    given = [get_variant(p) for p in [*installed_patches(), *args.patches]]
     width = max(len(n) for n in [*VARIANTS, *(v.name for v in given)])
     for v in [*VARIANTS.values(), *given]:
         if v.overrides:

@@ -16,8 +16,12 @@ under their kernel names::
         def tdx_track(self) -> None:
             pass
 
-``--variant PATH.py`` works wherever a variant name does.  The patchable classes are
-``core.kvm.Kvm``, ``core.tdp_mmu.TdpMmu``, ``core.tdx.KvmTdx`` and
+``--variant PATH.py`` works wherever a variant name does, and so does
+``--variant module:Name`` for a patch in an importable module: ``Name`` is a class (or
+any namespace) holding the same ``BASE``, ``SUMMARY``, optional ``FINDS``, and the
+override classes as attributes.  A package ships patches under the entry-point group
+``tdx_stress.variants`` (entry-point name -> ``module:Name``); their names work too.
+The patchable classes are ``core.kvm.Kvm``, ``core.tdp_mmu.TdpMmu``, ``core.tdx.KvmTdx`` and
 ``core.tdx_module.TdxModule``; ``super()`` calls the base's function.  A patch that
 cannot be right is refused with one sentence: a missing file, a syntax error (with its
 line), an unknown base, a function the base class does not have (a typo must not add a
@@ -43,8 +47,17 @@ PATCHABLE: tuple[type, ...] = (Kvm, TdpMmu, KvmTdx, TdxModule)
 _CACHE: dict[tuple[str, str], Variant] = {}
 
 
+ENTRY_POINTS = "tdx_stress.variants"
+
+
 def is_patch_name(name: str) -> bool:
     return name.endswith(".py")
+
+
+def installed_patches() -> dict[str, str]:
+    """Entry-point name -> ``module:Name`` of the patches installed packages ship."""
+    import importlib.metadata
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)}
 
 
 def patch_hash(source: bytes) -> str:
@@ -52,8 +65,12 @@ def patch_hash(source: bytes) -> str:
 
 
 def load_patch(name: str) -> Variant | None:
-    """The variant a patch file defines, or None if ``name`` is not a patch file name."""
+    """The variant a patch file (or ``module:Name``, or an installed entry point)
+    defines, or None if ``name`` is none of those."""
     if not is_patch_name(name):
+        target = installed_patches().get(name, name)
+        if ":" in target:
+            return _load_object(name, target)
         return None
     path = Path(name)
     if not path.is_file():
@@ -79,8 +96,33 @@ def load_patch(name: str) -> Variant | None:
     return v
 
 
-def _variant_of(name: str, module: types.ModuleType, digest: str) -> Variant:
-    ns = module.__dict__
+def _load_object(name: str, target: str) -> Variant:
+    """``module:Name``: import the module, take ``Name``; the hash covers the module's
+    source file."""
+    import importlib
+    mod_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:
+        raise UnknownVariant(f"patch {name}: cannot import {mod_name}: "
+                             f"{type(e).__name__}: {e}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise UnknownVariant(f"patch {name}: module {mod_name} has no {attr}")
+    src = getattr(module, "__file__", None)
+    digest = patch_hash(Path(src).read_bytes()) if src else ""
+    key = (target, digest)
+    if key not in _CACHE:
+        ns = {k: getattr(obj, k) for k in dir(obj) if not k.startswith("__")}
+        _CACHE[key] = _variant_of(name, module, digest, ns=ns, owner=None)
+    return _CACHE[key]
+
+
+def _variant_of(name: str, module: types.ModuleType, digest: str,
+                ns: dict | None = None, owner: str | None = "module") -> Variant:
+    """The Variant of a patch's namespace ``ns`` (a file's module globals by default;
+    their override classes must be defined there, not imported)."""
+    ns = module.__dict__ if ns is None else ns
     base = ns.get("BASE")
     if not isinstance(base, str):
         raise UnknownVariant(f"patch {name} names no BASE variant (BASE = \"hugepage-rfc\", "
@@ -102,7 +144,7 @@ def _variant_of(name: str, module: types.ModuleType, digest: str) -> Variant:
                                  f"where)")
     overrides: list[type] = []
     for obj in ns.values():
-        if not (isinstance(obj, type) and obj.__module__ == module.__name__):
+        if not isinstance(obj, type) or (owner and obj.__module__ != module.__name__):
             continue
         bases = [c for c in PATCHABLE if issubclass(obj, c)]
         if not bases:
@@ -137,9 +179,13 @@ def _check_overrides(name: str, cls: type, model: type) -> None:
 
 
 def patch_source_hash(name: str) -> str:
-    """The hash of a patch file's source as it is now ("" for a built-in variant)."""
+    """The hash of a patch's source as it is now ("" for a built-in variant)."""
     if not is_patch_name(name):
-        return ""
+        try:
+            v = load_patch(name)
+        except UnknownVariant:
+            return ""
+        return v.patch_hash if v is not None else ""
     path = Path(name)
     return patch_hash(path.read_bytes()) if path.is_file() else ""
 
