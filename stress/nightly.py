@@ -60,6 +60,12 @@ class Entry:
     verdict: str
 
 
+def dir_name(variant: str) -> str:
+    """A variant's directory in the job directory: its name, or for a patch (a path or
+    ``module:Name``) one path component that still says which."""
+    return variant.replace("/", "_").replace(":", "_").replace("\\", "_")
+
+
 def run_nightly(spec: NightlySpec, out: Path, argv: list[str],
                 log: Callable[[str], None] = lambda s: None,
                 progress: Callable[[str], None] | None = None,
@@ -75,7 +81,7 @@ def run_nightly(spec: NightlySpec, out: Path, argv: list[str],
     for variant, role in plan:
         canary = role == "canary"
         cfg = RunConfig(**dict(spec.config, variant=variant)).validate()
-        d = out / (f"canary-{variant}" if canary else variant)
+        d = out / (f"canary-{dir_name(variant)}" if canary else dir_name(variant))
         d.mkdir(parents=True, exist_ok=True)
         cspec = CampaignSpec(config=cfg, base_seed=spec.base_seed,
                              seeds=None if canary else spec.seeds,

@@ -190,3 +190,18 @@ def test_seed_000s_patch_over_v6_19_behaves_as_refactor_2026():
         assert mine == want, seed
         differ += want != outcome("v6.19", seed)
     assert differ >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(200)
+def test_the_nightly_job_takes_patches_and_keeps_its_directory_flat(tmp_path):
+    """A patch as an as-designed variant and as the canary of ``nightly``: the harmless one
+    clean, the planted one caught; each run directory is one component of the job's."""
+    out = tmp_path / "nj"
+    p = tdx("nightly", "--duration", 3, "--seed", 1, "--variants", HARMLESS.relative_to(ROOT),
+            "--canary", PLANTED.relative_to(ROOT), "--canary-duration", 60, "--out", out,
+            cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    dirs = sorted(d.name for d in out.iterdir() if d.is_dir())
+    assert dirs == ["canary-examples_patches_remove_without_track.py",
+                    "examples_patches_retry_loop_refactor.py"], dirs
