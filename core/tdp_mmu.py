@@ -207,9 +207,9 @@ class TdpMmu:
             self.handle_removed_pt(self.spte_to_child_sp(old), shared)
             return 0
 
-        if not mirror or not self.variant.after_order:
-            return 0
-        return kvm.tdx.set_external_spte(gfn, level, old, new)
+        # v6.19: no hook here (set_external_spte_present() and remove_external_spte()
+        # update the S-EPT); the 2026 refactor adds one (core/refactor_2026.py)
+        return 0
 
     def handle_removed_pt(self, sp: KvmMmuPage, shared: bool, external: bool = True) -> None:
         """handle_removed_pt(): tear down a table unlinked from the tree, children first,
@@ -240,7 +240,7 @@ class TdpMmu:
             if not external:
                 continue
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
-            if sp.is_mirror and not self.variant.after_order and is_shadow_present_pte(old):
+            if sp.is_mirror and is_shadow_present_pte(old):
                 # v6.19: KVM_BUG_ON(shared, kvm); remove_external_spte().
                 kvm.kvm_bug_on_if(shared, "handle_removed_pt",
                                   "mirror table removed under the read lock")
@@ -262,25 +262,7 @@ class TdpMmu:
                 return -EBUSY
             self.handle_changed_spte(sp, gfn, old, new, level, True)
             return 0
-        if not self.variant.after_order:
-            return self.set_external_spte_present(sp, i, gfn, old, new, level)
-        # seed 000: "KVM doesn't currently support zapping or splitting mirror SPTEs
-        # while holding mmu_lock for read."  hunt-c and hunt-d are the patches that
-        # lift this guard.
-        if self.variant.hunt not in ("c", "d"):
-            if kvm.kvm_bug_on_if(is_shadow_present_pte(old), "__tdp_mmu_set_spte_atomic",
-                                 "mirror SPTE already present") or \
-               kvm.kvm_bug_on_if(not is_shadow_present_pte(new), "__tdp_mmu_set_spte_atomic",
-                                 "mirror SPTE set non-present under the read lock"):
-                return -EBUSY
-        ok, _ = sp.cmpxchg(i, old, FROZEN_SPTE)
-        if not ok:
-            return -EBUSY
-        ret = self._handle_changed_spte(sp, gfn, old, new, level, True)
-        if "leave_frozen" in kvm.mutations:
-            return ret      # planted bug: the frozen SPTE is never written back
-        sp.write(i, old if ret else new)
-        return ret
+        return self.set_external_spte_present(sp, i, gfn, old, new, level)
 
     def set_external_spte_present(self, sp: KvmMmuPage, i: int, gfn: int, old: int,
                                   new: int, level: int) -> int:
@@ -316,7 +298,7 @@ class TdpMmu:
             kvm.warn("tdp_mmu_set_spte", "frozen SPTE set under the write lock")
         old = sp.write(i, new)
         self.handle_changed_spte(sp, gfn, old, new, level, False)
-        if sp.is_mirror and not self.variant.after_order:
+        if sp.is_mirror:
             # v6.19: "Users that do non-atomic setting of PTEs don't operate on mirror
             # roots, so don't handle it and bug the VM if it's seen."
             kvm.kvm_bug_on_if(is_shadow_present_pte(new), "tdp_mmu_set_spte",

@@ -106,30 +106,10 @@ class KvmTdx:
         return 0
 
     def set_external_spte(self, gfn: int, level: int, old: int, new: int) -> int:
-        """kvm_x86_ops.set_external_spte.  v6.19: a leaf only.  After seed 000 and the
-        2026 refactor: the single hook; TDX decides which SEAMCALLs the change needs."""
-        if not self.kvm.variant.after_order:
-            return self.tdx_sept_set_private_spte(gfn, level, new)
-        was_present = is_shadow_present_pte(old)
-        is_present = is_shadow_present_pte(new)
-        was_leaf = was_present and is_last_spte(old, level)
-        is_leaf = is_present and is_last_spte(new, level)
-        if not was_present and is_present:
-            if is_leaf:
-                return self.tdx_sept_set_private_spte(gfn, level, new)
-            return self.tdx_sept_link_private_spt(gfn, level,
-                                                  self.kvm.mmu.spte_to_child_sp(new))
-        if was_leaf and not is_present:
-            return self.tdx_sept_remove_private_spte(gfn, level, old)
-        if was_leaf and is_present and not is_leaf:
-            return self.tdx_sept_split_private_spte(gfn, level, old, new)
-        if was_present and not was_leaf and is_leaf:
-            return self.tdx_sept_promote_private_spte(gfn, level, old, new)
-        # A non-leaf that goes away is handle_removed_pt()'s (children, then the table
-        # page through free_external_spt); the TDP MMU never hands it to this hook.
-        self.kvm.kvm_bug_on("set_external_spte", f"unexpected mirror change gfn={gfn:#x} "
-                            f"L{level}")
-        return -EIO
+        """kvm_x86_ops.set_external_spte of v6.19: a leaf only (tables go through
+        link_external_spt, removals through remove_external_spte).  The 2026 refactor
+        makes it the single hook (core/refactor_2026.py)."""
+        return self.tdx_sept_set_private_spte(gfn, level, new)
 
     # ------------------------------------------------------------------ removal
     def remove_external_spte(self, gfn: int, old: int, level: int) -> None:

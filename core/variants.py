@@ -34,6 +34,8 @@ class Variant:
     # derives from, its model classes that override the base's, the finding it is after
     # (kind, where) if it plants one, and a hash of its source
     base: str | None = None
+    # built-in patches under it, bottom first (modules of core/; the 2026 refactor)
+    patches: tuple[str, ...] = ()
     overrides: tuple[type, ...] = ()
     finds: tuple[str, str | None] | None = None
     patch_hash: str = ""
@@ -44,12 +46,23 @@ class Variant:
         return self.hunt is None and self.finds is None
 
     def compose(self, cls: type) -> type:
-        """The class this variant uses for model class ``cls``: the patch's override of
-        it, or ``cls`` itself."""
-        for o in self.overrides:
-            if issubclass(o, cls):
-                return o
-        return cls
+        """The class this variant uses for model class ``cls``: ``cls`` with the built-in
+        patches under it and a user's patch on top, each overriding what it changes
+        (one class whose method resolution order is top patch, ..., bottom patch, cls);
+        ``cls`` itself when nothing overrides it."""
+        key = (self.name, self.patch_hash, cls)
+        if key in _COMPOSED:
+            return _COMPOSED[key]
+        import importlib
+        chain = [o for o in self.overrides if issubclass(o, cls)]
+        for name in reversed(self.patches):
+            m = importlib.import_module(name)
+            chain += [c for c in vars(m).values() if isinstance(c, type) and c is not cls
+                      and issubclass(c, cls) and c.__module__ == m.__name__]
+        got = cls if not chain else chain[0] if len(chain) == 1 else \
+            type(f"{cls.__name__}[{self.name}]", tuple(chain), {})
+        _COMPOSED[key] = got
+        return got
 
     def hunt_hit(self, f: Any) -> bool:
         """Whether finding ``f`` (a :class:`core.findings.Finding` or its dict) is the
@@ -93,7 +106,10 @@ class Variant:
         return frozenset(rows)
 
 
-_BASE: dict[str, Any] = dict(after_order=True, single_hook=True, hugepages=True)
+_COMPOSED: dict[tuple, type] = {}
+REFACTOR = ("core.refactor_2026",)
+_BASE: dict[str, Any] = dict(after_order=True, single_hook=True, hugepages=True,
+                             patches=REFACTOR)
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("v6.19", "\"before\" order; hooks link_external_spt, set_external_spte, "
@@ -101,7 +117,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             after_order=False, single_hook=False, hugepages=False),
     Variant("refactor-2026", "\"after\" order; single set_external_spte(old, new) hook "
             "(seed 000), removal through it; 4K private pages only",
-            after_order=True, single_hook=True, hugepages=False),
+            after_order=True, single_hook=True, hugepages=False, patches=REFACTOR),
     Variant("hugepage-rfc", "refactor-2026 plus private 2M leaves, split under the write "
             "lock (row 8); page tables removed only at teardown (row 14)", **_BASE),
     Variant("hunt-a1", "hugepage-rfc plus prefault installing mirror leaves under the "

@@ -478,7 +478,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
         print(f"# {v.name}: {v.summary} (over {v.base})")
         for model, attr in _overridden(v):
             print(f"\n## {model.__name__}.{attr}, in {v.base}:\n")
-            print(inspect.getsource(getattr(model, attr)).rstrip())
+            print(inspect.getsource(getattr(get_variant(v.base or "").compose(model),
+                                            attr)).rstrip())
             print(f"\n## {model.__name__}.{attr}, in {v.name}:\n")
             print(inspect.getsource(getattr(v.compose(model), attr)).rstrip())
         return ExitCode.OK

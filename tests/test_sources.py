@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 CORE = Path(__file__).resolve().parent.parent / "core"
 # the model; findings, sched, variants, oracle and invariants are the tool's own side
 MODEL = ("spte", "store", "mmu_lock", "rcu", "tdp_mmu", "tdx", "tdx_module", "tdx_errno",
-         "kvm", "guest")
+         "kvm", "guest", "refactor_2026")
 
 
 def model_functions() -> dict[str, ast.AST]:
