@@ -496,7 +496,25 @@ def cmd_variants(args: argparse.Namespace) -> int:
         if v.overrides:
             print(f"{'':<{width}}  overrides "
                   + ", ".join(f"{m.__name__}.{a}" for m, a in _overridden(v)))
+        for name in v.patches:
+            print(f"{'':<{width}}  on v6.19 with {name}: "
+                  + ", ".join(f"{m.__name__}.{a}" for m, a in _patch_functions(name)))
     return ExitCode.OK
+
+
+def _patch_functions(module: str) -> list[tuple[type, str]]:
+    """(model class, function) pairs a built-in patch module overrides."""
+    import importlib
+
+    from .patches import PATCHABLE
+    m = importlib.import_module(module)
+    out = []
+    for c in vars(m).values():
+        if isinstance(c, type) and c.__module__ == m.__name__:
+            model = next(p for p in PATCHABLE if issubclass(c, p))
+            out += [(model, a) for a, f in vars(c).items()
+                    if callable(f) and not a.startswith("__")]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

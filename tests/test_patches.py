@@ -116,6 +116,9 @@ def test_variants_lists_a_patch_and_shows_it_beside_its_base():
     assert p.returncode == 0
     assert "patch over hugepage-rfc, finds TDX_BUG_ON" in p.stdout
     assert "overrides KvmTdx.tdx_sept_remove_private_spte" in p.stdout
+    # the built-in variants show the patches they are made of
+    assert "on v6.19 with core.refactor_2026: TdpMmu._changed_spte" in p.stdout
+    assert p.stdout.count("on v6.19 with core.refactor_2026") == 8   # 7 built-in + 1 patch
     p = tdx("variants", "--show", PLANTED)
     assert p.returncode == 0
     base, mine = p.stdout.split("in hugepage-rfc:")[1].split(f"in {PLANTED}:")
