@@ -208,10 +208,15 @@ class Kvm:
         without being bugged: KVM's deliberate answer to something the guest or VMM did.
         Kept as the run's outcome, never as a finding."""
         def step() -> None:
-            if self.vm_killed is None and not self.vm_bugged:
-                self.vm_killed = why
+            self._record_outcome(why)
             self._vm_dead()
         self.sched.op("kvm_vm_dead", None, step)
+
+    def _record_outcome(self, why: str) -> None:
+        """The run's outcome when the VM ends without a bug: the first reason only, and
+        none once the VM is bugged (the finding says what happened; inside a step)."""
+        if self.vm_killed is None and not self.vm_bugged:
+            self.vm_killed = why
 
     def vmm_stop_vm(self, why: str) -> None:
         """What the VMM does when KVM_RUN fails in a way it cannot resolve, or the guest
@@ -220,8 +225,7 @@ class Kvm:
         no such function: the signal that gets a vCPU out is the VMM's).  The run's
         outcome, like kvm_vm_dead(), never a finding."""
         def step() -> None:
-            if self.vm_killed is None and not self.vm_bugged:
-                self.vm_killed = f"userspace stopped the VM: {why}"
+            self._record_outcome(f"userspace stopped the VM: {why}")
             self.vmm_stopped = True
         self.sched.op("vmm_stop_vm", None, step)
         self.kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)
@@ -234,10 +238,8 @@ class Kvm:
         if not self.hostile_vmm:
             self.rec.report("GUEST", where, message, current())
         elif fatal:
-            def step() -> None:
-                if self.vm_killed is None and not self.vm_bugged:
-                    self.vm_killed = f"the guest panicked under a hostile VMM: {message}"
-            self.sched.op("guest_panic", None, step)
+            self.sched.op("guest_panic", None, lambda: self._record_outcome(
+                f"the guest panicked under a hostile VMM: {message}"))
 
     def kvm_bug_on(self, where: str, message: str) -> None:
         """KVM_BUG_ON(): WARN, mark the VM bugged (vCPUs leave with KVM_REQ_VM_DEAD)."""

@@ -8,7 +8,6 @@ promotion are dispatched by the same hook.
 """
 from __future__ import annotations
 
-from .sched import cpu_relax
 from .spte import FROZEN_SPTE, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages
 from .store import KvmMmuPage
 from .tdp_mmu import EBUSY, EIO
@@ -43,20 +42,8 @@ class TdpMmu(BaseMmu):
         step = level_pages(level)
         for i in range(512):
             gfn = sp.gfn + i * step
-            if shared:
-                # Another thread may own a frozen child (a fault installing it): spin
-                # until it writes a real value back, then take it.
-                while True:
-                    old = sp.xchg(i, FROZEN_SPTE)
-                    if not is_frozen_spte(old):
-                        break
-                    cpu_relax(self.sched)
-            else:
-                old = sp.read(i)
-                if not is_shadow_present_pte(old):
-                    continue
-                sp.write(i, FROZEN_SPTE)
-            if not external:
+            old = self._freeze_child(sp, i, shared)
+            if old is None or not external:
                 continue
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
         if sp.is_mirror and external:

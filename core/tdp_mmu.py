@@ -224,20 +224,8 @@ class TdpMmu:
         step = level_pages(level)
         for i in range(512):
             gfn = sp.gfn + i * step
-            if shared:
-                # Another thread may own a frozen child (a fault installing it): spin
-                # until it writes a real value back, then take it.
-                while True:
-                    old = sp.xchg(i, FROZEN_SPTE)
-                    if not is_frozen_spte(old):
-                        break
-                    cpu_relax(self.sched)
-            else:
-                old = sp.read(i)
-                if not is_shadow_present_pte(old):
-                    continue
-                sp.write(i, FROZEN_SPTE)
-            if not external:
+            old = self._freeze_child(sp, i, shared)
+            if old is None or not external:
                 continue
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
             if sp.is_mirror and is_shadow_present_pte(old):
@@ -248,6 +236,23 @@ class TdpMmu:
         if sp.is_mirror and external:
             kvm.tdx.free_external_spt(sp)
         kvm.rcu.call_rcu(lambda: self.tdp_mmu_free_sp_rcu_callback(sp), "free_sp")
+
+    def _freeze_child(self, sp: KvmMmuPage, i: int, shared: bool) -> int | None:
+        """The top of handle_removed_pt()'s loop: freeze child ``i`` and return its old
+        value (None: a non-present child under the write lock, skipped).  Under the read
+        lock another thread may own a frozen child (a fault installing it): spin until it
+        writes a real value back, then take it."""
+        if shared:
+            while True:
+                old = sp.xchg(i, FROZEN_SPTE)
+                if not is_frozen_spte(old):
+                    return old
+                cpu_relax(self.sched)
+        old = sp.read(i)
+        if not is_shadow_present_pte(old):
+            return None
+        sp.write(i, FROZEN_SPTE)
+        return old
 
     # ------------------------------------------------------------------ setters
     def tdp_mmu_set_spte_atomic(self, sp: KvmMmuPage, i: int, gfn: int, old: int, new: int,

@@ -7,7 +7,6 @@ that every run is trace-identical):
 
     tdx-stress variants --show examples/patches/seed000_single_hook.py
 """
-from core.sched import cpu_relax
 from core.spte import (
     FROZEN_SPTE,
     is_frozen_spte,
@@ -47,21 +46,9 @@ class TdpMmu(BaseMmu):
         step = level_pages(level)
         for i in range(512):
             gfn = sp.gfn + i * step
-            if shared:
-                while True:
-                    old = sp.xchg(i, FROZEN_SPTE)
-                    if not is_frozen_spte(old):
-                        break
-                    cpu_relax(self.sched)
-            else:
-                old = sp.read(i)
-                if not is_shadow_present_pte(old):
-                    continue
-                sp.write(i, FROZEN_SPTE)
-            if not external:
+            old = self._freeze_child(sp, i, shared)
+            if old is None or not external:
                 continue
-            # - KVM_BUG_ON(shared, kvm); remove_external_spte(): the child's removal
-            #   now goes through handle_changed_spte() and the single hook
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
         if sp.is_mirror and external:
             kvm.tdx.free_external_spt(sp)
