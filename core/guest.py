@@ -129,8 +129,15 @@ class ProgramGuest:
         raise ValueError(f"unknown guest instruction {ins!r}")
 
     def _region_level(self, kvm: "Kvm", gfn: int) -> int:
+        """The size this guest accepts ``gfn`` at when its #VE handler does, and the
+        level of an access's EPT violation: 2M in a huge region when the host maps
+        private memory at 2M, else 4K.  (Tool shortcut: the guest reads the host's
+        limit, tdx_gmem_max_mapping_level(), where a real guest would learn it from
+        TDX_PAGE_SIZE_MISMATCH; a Linux TD's own accepts try 2M first either way.)"""
         r = kvm.region_of(gfn)
-        return PG_LEVEL_2M if r is not None and r.huge and kvm.variant.hugepages else PG_LEVEL_4K
+        if r is None or not r.huge:
+            return PG_LEVEL_4K
+        return min(PG_LEVEL_2M, kvm.tdx.tdx_gmem_max_mapping_level(kvm.gmem.get(gfn, 0), True))
 
     def _accept(self, kvm: "Kvm", vcpu: "KvmVcpu", gfn: int, level: int) -> "GuestExit | None":
         from .kvm import GuestExit

@@ -6,8 +6,9 @@ Threads (vCPUs and zappers) are made by ``stress``; here are the kernel paths th
 * vCPU: :meth:`Kvm.vcpu_enter_guest` (enter, run the guest, handle the exit), with
   :meth:`Kvm.tdx_handle_ept_violation` for faults (local retry, MODEL §3.4);
 * zappers: punch a hole, convert, delete and re-add a memslot, split a 2M leaf, zap a
-  table, prefault, populate tables, recover huge pages, an MMU-notifier zap.  Each hunt
-  variant swaps one of these for its what-if path (see :mod:`core.variants`);
+  table, prefault, populate tables, recover huge pages, a memory-failure zap.  This is
+  v6.19 (4K private pages: splitting, zapping a table and recovering do nothing); the
+  hugepage RFC and each hunt's what-if path are patches over it (:mod:`core.patches`);
 * :meth:`Kvm.build` (PAGE.ADD, finalise) and :meth:`Kvm.kvm_destroy_vm` (teardown: close
   guest_memfd, release the HKID, zap the roots and reclaim the S-EPT pages).
 """
@@ -25,8 +26,6 @@ from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     gfn_round_for_level,
-    is_last_spte,
-    is_shadow_present_pte,
 )
 from .store import PageAllocator
 from .tdp_mmu import RET_PF_MEMORY_FAULT, RET_PF_RETRY, RET_PF_SPLIT, PageFault, TdpMmu
@@ -45,17 +44,11 @@ EFAULT = 14
 OUTSIDE_GUEST_MODE = "OUTSIDE_GUEST_MODE"
 IN_GUEST_MODE = "IN_GUEST_MODE"
 
-# Deliberately broken models, for proving the invariant checker catches what it must:
-# each breaks KVM and, where the module would refuse, the module's own check too.
-# (No "parent table before children" mutation: no modelled kernel issues
-# TDH.MEM.SEPT.REMOVE, the only call that order applies to; SOURCES.md.)
-MUTATIONS = frozenset({"leave_frozen", "remove_without_track", "reclaim_with_hkid"})
-
 
 @dataclass(frozen=True)
 class MemRegion:
     """A private memory region backed by guest_memfd; ``huge`` regions are 2M-aligned
-    and may be mapped by 2M leaves where the variant has them."""
+    and may be mapped by 2M leaves where the kernel maps private memory at 2M."""
     base: int
     npages: int
     huge: bool = False
@@ -121,17 +114,12 @@ class Kvm:
     def __init__(self, variant: Variant | str = "hugepage-rfc", sched: Scheduler | None = None,
                  *, nr_vcpus: int = 2, regions: tuple[MemRegion, ...] | None = None,
                  busy_rate: float = 0.0, rng: random.Random | None = None,
-                 mutations: frozenset[str] = frozenset(),
                  recorder: Recorder | None = None, signal_rate: float = 0.0,
                  signal_rng: random.Random | None = None, guest: str = "ve-accept",
                  hostile_vmm: bool = False) -> None:
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
-        unknown = set(mutations) - MUTATIONS
-        if unknown:
-            raise ValueError(f"unknown mutations {sorted(unknown)}; known: {sorted(MUTATIONS)}")
         self.sched: Scheduler = sched or PassThrough()
         self.rec = recorder or Recorder(lambda: self.sched.step)
-        self.mutations = frozenset(mutations)
         self.pages = PageAllocator()
         self.external_state: dict[int, str] = {}
         self.mmu_lock = MmuLock(self.sched, self.rec)
@@ -145,7 +133,7 @@ class Kvm:
         # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (MODEL: guest kinds)
         v = self.variant
         self.module = v.compose(TdxModule)(self.sched, nr_vcpus, busy_rate=busy_rate,
-                                           rng=rng, mutations=self.mutations,
+                                           rng=rng,
                                            sept_ve_disable=guest == "linux")
         self.tdx = v.compose(KvmTdx)(self)
         self.mmu = v.compose(TdpMmu)(self)
@@ -300,24 +288,30 @@ class Kvm:
         # fails (-EFAULT)
         if not self.sched.op("kvm_gmem_get_file", gfn, lambda: self.gmem_file_open):
             return None
-        huge = region.huge and self.variant.hugepages
 
         def step() -> tuple[int, int]:
-            pfn = self.gmem.get(gfn)
-            if pfn is None:
-                if huge:
-                    base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-                    first = self.pages.alloc_range(512, align=512)
-                    for i in range(512):
-                        self.gmem.setdefault(base + i, first + i)
-                else:
-                    self.gmem[gfn] = self.pages.alloc()
-                pfn = self.gmem[gfn]
-            level = PG_LEVEL_2M if huge and self._folio_intact(gfn) else PG_LEVEL_4K
+            if gfn not in self.gmem:
+                self.kvm_gmem_get_folio(gfn, region)
+            pfn = self.gmem[gfn]
+            # kvm_mmu_faultin_pfn_private(): "fault->max_level =
+            # kvm_max_level_for_order(max_order)", then the vendor's limit
+            # (kvm_x86_ops.gmem_max_mapping_level)
+            level = self.tdx.tdx_gmem_max_mapping_level(pfn, True)
+            if level > PG_LEVEL_4K and not self._folio_intact(gfn):
+                level = PG_LEVEL_4K
             return pfn, level
         return self.sched.op("kvm_gmem_get_pfn", gfn, step)
 
+    def kvm_gmem_get_folio(self, gfn: int, region: MemRegion) -> None:
+        """kvm_gmem_get_folio() (virt/kvm/guest_memfd.c) of v6.19: allocate the folio
+        backing ``gfn``, of order 0 (guest_memfd allocates PAGE_SIZE folios; 2M folios
+        are the hugepage RFC's)."""
+        self.gmem[gfn] = self.pages.alloc()
+
     def _folio_intact(self, gfn: int) -> bool:
+        """The guest_memfd folio behind ``gfn``'s 2M range is one whole 2M folio and no
+        GFN of the range is shared (model helper: kvm_gmem_mapping_order() and the
+        mixed-attribute flag of lpage_info)."""
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
         first = self.gmem.get(base)
         if first is None or first % 512:
@@ -436,8 +430,6 @@ class Kvm:
             self.kvm_vm_dead(f"tdx_handle_ept_violation: Guest access before accepting "
                              f"gfn {exit.gfn:#x} on vCPU {vcpu.vcpu_id}")
             return -EIO
-        if exit.private and exit.accept and exit.level == PG_LEVEL_4K and self.variant.hugepages:
-            self.tdx_handle_mismatched_accept(exit.gfn)
         while True:
             vcpu.stats["faults"] += 1
             ret = self.kvm_tdp_page_fault(exit.gfn, exit.private, exit.level)
@@ -664,14 +656,10 @@ class Kvm:
 
     def kvm_arch_pre_set_memory_attributes_range(self, start: int, end: int
                                                   ) -> tuple[int, int]:
-        """The range kvm_arch_pre_set_memory_attributes() invalidates: widened to the
-        huge-page-aligned head and tail, because a fault elsewhere in a 2M range may have
-        computed a 2M max level from the old attributes (model helper; the kernel does it
-        by zapping and adding the head and tail)."""
-        if not self.variant.hugepages:
-            return start, end
-        return (gfn_round_for_level(start, PG_LEVEL_2M),
-                gfn_round_for_level(end + 511, PG_LEVEL_2M))
+        """The range kvm_arch_pre_set_memory_attributes() invalidates in v6.19: the
+        range being converted (kvm_unmap_gfn_range(); no private mapping is larger than
+        4K).  The hugepage RFC widens it to the huge-page head and tail."""
+        return start, end
 
     def kvm_vm_set_mem_attributes(self, start: int, end: int, shared: bool) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES: convert a range; the mapping in the root being
@@ -768,20 +756,8 @@ class Kvm:
         and zap under the write lock, row 12, then kvm_gmem_invalidate_end()); the folio
         stays, unlike a hole punch.  No HVA-based MMU notifier zaps the mirror root
         (__kvm_handle_hva_range() filters to shared), so this is the kernel's nearest
-        unmap of private leaves that frees nothing.  hunt-c's patch: the atomic zap under
-        the read lock (row 11), the way the TDP MMU's read-lock zaps of direct roots run
-        (tdp_mmu_zap_possible_nx_huge_page(), zap_collapsible_spte_range()), with no
-        invalidation bracket, whose begin and end need the write lock.  Not an ioctl: no
-        vm_dead check, it runs on a bugged VM too."""
-        if self.variant.hunt == "c":
-            if not self._ioctl_alive():
-                return          # the what-if zap is an ioctl-driven path
-            self.mmu_lock.read_lock()
-            try:
-                self.mmu.tdp_mmu_zap_leafs_atomic(self.mmu.mirror_root, start, end)
-            finally:
-                self.mmu_lock.read_unlock()
-            return
+        unmap of private leaves that frees nothing (hunt-c's patch replaces it).  Not an
+        ioctl: no vm_dead check, it runs on a bugged VM too."""
         self.kvm_mmu_unmap_gfn_range(start, end, private=True)
         self._invalidate_end()
 
@@ -804,28 +780,9 @@ class Kvm:
         self._invalidate_end()
 
     def kvm_split_huge_page(self, gfn: int) -> bool:
-        """Split the private 2M leaf mapping ``gfn`` under the write lock (row 8)."""
-        if not self.variant.hugepages or not self._ioctl_alive():
-            return False
-        self.mmu_lock.write_lock()
-        try:
-            return self._split_huge_page_locked(gfn)
-        finally:
-            self.mmu_lock.write_unlock()
-
-    def _split_huge_page_locked(self, gfn: int) -> bool:
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        self.rcu.rcu_read_lock()
-        try:
-            found = self.mmu._find(self.mmu.mirror_root, base, PG_LEVEL_2M)
-            if found is None:
-                return False
-            sp, i, old = found
-            if not is_shadow_present_pte(old) or not is_last_spte(old, PG_LEVEL_2M):
-                return False
-            return not self.mmu.tdp_mmu_split_huge_page(sp, i, base, old, PG_LEVEL_2M)
-        finally:
-            self.rcu.rcu_read_unlock()
+        """The zapper's split of a private 2M leaf (tool-named: the hugepage RFC's split
+        under the write lock, row 8).  v6.19 maps no private 2M leaf: nothing to split."""
+        return False
 
     def hugepage_test_guest_inhibit(self, gfn: int) -> bool:
         """hugepage_test_guest_inhibit() at 2M (RFC5 40/45)."""
@@ -833,39 +790,12 @@ class Kvm:
         return self.sched.op("hugepage_test_guest_inhibit", base,
                              lambda: base in self.guest_inhibit_2m)
 
-    def tdx_handle_mismatched_accept(self, gfn: int) -> None:
-        """RFC5 41/45 tdx_handle_mismatched_accept(): an EPT violation of type ACCEPT at
-        4K: unless the 2M range is already inhibited (tested without the lock, which
-        "relies on (a) setting the inhibit after performing the split, and (b) never
-        clearing the flag"), take the write lock, split a 2M leaf there, and set the
-        guest-inhibit bit, so no later fault maps 2M in the range and no recovery
-        promotes it."""
-        if self.hugepage_test_guest_inhibit(gfn):
-            return
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        self.mmu_lock.write_lock()
-        try:
-            self._split_huge_page_locked(gfn)
-            self.sched.op("hugepage_set_guest_inhibit", base,
-                          lambda: self.guest_inhibit_2m.add(base))
-        finally:
-            self.mmu_lock.write_unlock()
-
     def kvm_zap_table(self, gfn: int) -> bool:
-        """hunt-d's what-if: zap the mirror table under a 2M range with the atomic setter
-        under the read lock (row 13).  As designed no path does anything like it: "KVM
-        doesn't (yet) zap page table pages in mirror page table while TD is active"
-        (tdx_sept_free_private_spt), so in every other variant this does nothing."""
-        if self.variant.hunt != "d" or not self._ioctl_alive():
-            return False
-        base = gfn_round_for_level(gfn, PG_LEVEL_2M)
-        # as tdp_mmu_zap_possible_nx_huge_page() does on a direct root: no invalidation
-        # bracket (its begin and end need the write lock)
-        self.mmu_lock.read_lock()
-        try:
-            return self.mmu.tdp_mmu_zap_table(self.mmu.mirror_root, base, PG_LEVEL_2M)
-        finally:
-            self.mmu_lock.read_unlock()
+        """The zapper's zap of the mirror table under a 2M range (tool-named: hunt-d's
+        what-if path).  No kernel has it: "KVM doesn't (yet) zap page table pages in
+        mirror page table while TD is active" (tdx_sept_free_private_spt()); as designed
+        it does nothing."""
+        return False
 
     def kvm_prefault(self, gfn: int) -> int:
         """KVM_PRE_FAULT_MEMORY: kvm_tdp_map_page(), which retries the fault for as long
@@ -873,26 +803,25 @@ class Kvm:
         dead VM (``kvm_test_request(KVM_REQ_VM_DEAD)``) and, since the memslot-deletion
         fix, on a memslot being deleted (-EAGAIN).  Coming back for the entry matters:
         a host SEAMCALL that met a guest's ACCEPT set the entry's host-priority bit,
-        and only a host's next acquisition clears it.  As designed under the read lock;
-        hunt-a1: the leaf is installed with the plain setter under the write lock
-        (row 2) once the tables above it exist (linking them stays as designed)."""
+        and only a host's next acquisition clears it.  Under the read lock, as every
+        fault (hunt-a1's patch maps under the write lock)."""
         # kvm_arch_vcpu_pre_fault_memory(): "idx = srcu_read_lock(&vcpu->kvm->srcu)"
         self.srcu_read_lock()
         try:
-            return self._kvm_tdp_map_page(gfn)
+            return self.kvm_tdp_map_page(gfn)
         finally:
             self.srcu_read_unlock()
 
-    def _kvm_tdp_map_page(self, gfn: int) -> int:
+    def kvm_tdp_map_page(self, gfn: int) -> int:
+        """kvm_tdp_map_page(): ``do { ... r = kvm_mmu_do_page_fault(...); } while (r ==
+        RET_PF_RETRY)``, returning on a signal (-EINTR), a dead VM and a memslot being
+        deleted (-EAGAIN)."""
         while True:
             if self.signal_pending():
                 return RET_PF_RETRY         # -EINTR
             if not self._ioctl_alive():
                 return RET_PF_RETRY
-            if self.variant.hunt == "a1" and self._tables_present(gfn, PG_LEVEL_4K):
-                r = self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_4K, write_lock=True)
-            else:
-                r = self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_2M)
+            r = self.kvm_mmu_do_page_fault(gfn)
             if r != RET_PF_RETRY:
                 return r
             if self.sched.op("kvm_faultin_pfn:slot", gfn,
@@ -900,36 +829,29 @@ class Kvm:
                 return r        # -EAGAIN: userspace is deleting the memslot
             cpu_relax(self.sched, "cond_resched")
 
+    def kvm_mmu_do_page_fault(self, gfn: int) -> int:
+        """kvm_mmu_do_page_fault() of a prefault (the call inside kvm_tdp_map_page()'s
+        loop): kvm_tdp_page_fault() of the private ``gfn``, up to 2M."""
+        return self.kvm_tdp_page_fault(gfn, True, PG_LEVEL_2M)
+
     def kvm_populate_tables(self, gfn: int) -> bool:
-        """Pre-populate the mirror tables down to the 4K table for ``gfn`` (as designed:
-        atomic links under the read lock, row 3).  hunt-a2: plain links under the write
-        lock (row 4)."""
+        """Pre-populate the mirror tables down to the 4K table for ``gfn``: atomic links
+        under the read lock, row 3 (the table walk of a fault; hunt-a2's patch links
+        them under the write lock)."""
         if not self._ioctl_alive():
             return False
-        write = self.variant.hunt == "a2"
-        self.mmu_lock.lock("write" if write else "read")
+        self.mmu_lock.read_lock()
         try:
-            return self.mmu.kvm_tdp_mmu_populate(gfn, PG_LEVEL_4K, shared=not write)
+            return self.mmu.kvm_tdp_mmu_populate(gfn, PG_LEVEL_4K, shared=True)
         finally:
-            self.mmu_lock.unlock()
+            self.mmu_lock.read_unlock()
 
     def kvm_recover_huge_pages(self, gfn: int) -> bool:
         """kvm_mmu_recover_huge_pages() of the memslot holding ``gfn`` (what
         kvm_mmu_slot_apply_flags() calls when dirty logging stops; a guest_memfd slot
-        cannot log dirty pages, so as designed it never runs on private memory).
-        hunt-b's patch runs recover_huge_pages_range() on the mirror root, under the
-        write lock (row 9)."""
-        if self.variant.hunt != "b" or not self._ioctl_alive():
-            return False
-        region = self.region_of(gfn)
-        if region is None:
-            return False
-        self.mmu_lock.write_lock()
-        try:
-            return self.mmu.recover_huge_pages_range(self.mmu.mirror_root, region.base,
-                                                     region.base + region.npages)
-        finally:
-            self.mmu_lock.write_unlock()
+        cannot log dirty pages, so as designed it never runs on private memory and
+        does nothing here; hunt-b's patch runs it on the mirror root)."""
+        return False
 
     def kvm_mmu_max_mapping_level(self, gfn: int) -> int:
         """kvm_mmu_max_mapping_level() for a private GFN, without a fault: 2M when the
@@ -937,7 +859,9 @@ class Kvm:
         of the range has other attributes (the mixed flag in lpage_info) and the guest
         did not inhibit 2M there (RFC5 hugepage_test_guest_inhibit()); else 4K."""
         region = self.region_of(gfn)
-        if region is None or not (region.huge and self.variant.hugepages):
+        # kvm_gmem_max_mapping_level(): the vendor's limit, then the folio's order
+        if region is None or not region.huge or \
+                self.tdx.tdx_gmem_max_mapping_level(self.gmem.get(gfn, 0), True) < PG_LEVEL_2M:
             return PG_LEVEL_4K
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
 
@@ -945,13 +869,6 @@ class Kvm:
             ok = self._folio_intact(base) and base not in self.guest_inhibit_2m
             return PG_LEVEL_2M if ok else PG_LEVEL_4K
         return self.sched.op("kvm_mmu_max_mapping_level", base, level)
-
-    def _tables_present(self, gfn: int, level: int) -> bool:
-        self.rcu.rcu_read_lock()
-        try:
-            return self.mmu._find(self.mmu.mirror_root, gfn, level) is not None
-        finally:
-            self.rcu.rcu_read_unlock()
 
     # ------------------------------------------------------------------ lifecycle
     def build(self, initial_gfns: tuple[int, ...] = ()) -> None:

@@ -1,17 +1,13 @@
 """The TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) with mirror roots (MODEL §3).
 
-Functions carry the names of the kernel functions they model.  Both orders of the
-atomic update exist, chosen by the variant:
-
-* "before" (v6.19): freeze, call the TDX hook, write the new value or restore the old,
-  then ``handle_changed_spte`` for bookkeeping (children are handled after the parent's
-  external update);
-* "after" (the 2026 refactor, seed 002 PATCH 07/17): freeze, ``__handle_changed_spte``
-  inside the frozen window propagates to the children *first* and then calls the single
-  ``set_external_spte(old, new)`` hook, then write new or restore old.
-
-The zapper-side paths exist in every variant; a hunt variant swaps exactly one of them
-for its what-if implementation (see :mod:`core.variants`).
+Functions carry the names of the kernel functions they model.  This is the TDP MMU of
+v6.19, the "before" order of the atomic update: freeze, call the TDX hook, write the new
+value or restore the old, then ``handle_changed_spte`` for bookkeeping (children are
+handled after the parent's external update).  The "after" order of the 2026 refactor
+(seed 002 PATCH 07/17), where ``__handle_changed_spte`` inside the frozen window
+propagates to the children *first* and then calls the single ``set_external_spte(old,
+new)`` hook, is a patch over this one (:mod:`core.patches.refactor_2026`); so are the
+hunts' what-if paths (:mod:`core.patches`).
 """
 from __future__ import annotations
 
@@ -66,7 +62,6 @@ class TdpMmu:
         self.kvm = kvm
         self.sched = kvm.sched
         self.rec = kvm.rec
-        self.variant = kvm.variant
         self.pages: dict[int, KvmMmuPage] = {}
         self.mirror_root = self.tdp_mmu_alloc_sp(ROOT_LEVEL, 0, True, root=True)
         self.direct_root = self.tdp_mmu_alloc_sp(ROOT_LEVEL, 0, False, root=True)
@@ -177,7 +172,6 @@ class TdpMmu:
         """The body of __handle_changed_spte() (model helper: split out so that the
         scenario row stays pushed around it)."""
         kvm = self.kvm
-        mirror = sp.is_mirror
         if not was_present and not is_present:
             # Row 5.  The kernel exempts MMIO and a *new* value that is FROZEN_SPTE
             # (handle_removed_pt() freezing a non-present child), not an old one:
@@ -194,21 +188,12 @@ class TdpMmu:
         if was_present and not was_leaf and is_present and not is_leaf and pfn_changed:
             kvm.warn("handle_changed_spte", f"non-leaf PFN changed gfn={gfn:#x}")
 
-        if mirror and was_present and not was_leaf and is_leaf and self.variant.hunt == "b":
-            # hunt-b's patch: promotion merges the children in the S-EPT with
-            # PROMOTE first (set_external_spte), then drops the mirror children
-            # without touching the S-EPT again.
-            ret = kvm.tdx.set_external_spte(gfn, level, old, new)
-            if not ret:
-                self.handle_removed_pt(self.spte_to_child_sp(old), shared, external=False)
-            return ret
-
         if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
             self.handle_removed_pt(self.spte_to_child_sp(old), shared)
             return 0
 
         # v6.19: no hook here (set_external_spte_present() and remove_external_spte()
-        # update the S-EPT); the 2026 refactor adds one (core/refactor_2026.py)
+        # update the S-EPT); the 2026 refactor adds one (core/patches/refactor_2026.py)
         return 0
 
     def handle_removed_pt(self, sp: KvmMmuPage, shared: bool, external: bool = True) -> None:
@@ -285,8 +270,6 @@ class TdpMmu:
             ret = kvm.tdx.set_external_spte(gfn, level, old, new)
         else:
             ret = kvm.tdx.link_external_spt(gfn, level, self.spte_to_child_sp(new))
-        if ret and "leave_frozen" in kvm.mutations:
-            return ret
         sp.write(i, old if ret else new)
         if ret:
             return ret
@@ -327,8 +310,8 @@ class TdpMmu:
 
     # ------------------------------------------------------------------ fault-in
     def kvm_tdp_mmu_map(self, fault: PageFault) -> int:
-        """kvm_tdp_mmu_map(): walk and install under the read lock (or, in hunt-a1/a2's
-        what-if paths, the write lock: ``shared`` follows the lock actually held)."""
+        """kvm_tdp_mmu_map(): walk and install under the read lock (or, in hunt-a1's
+        what-if prefault, the write lock: ``shared`` follows the lock actually held)."""
         kvm = self.kvm
         shared = current().lock_mode != "write"
         root = self.mirror_root if fault.is_private else self.direct_root
@@ -357,9 +340,6 @@ class TdpMmu:
                         return RET_PF_SPLIT if root.is_mirror else RET_PF_SPURIOUS
                     sp, level = self.spte_to_child_sp(old), level - 1
                     continue
-                if not shared and self.variant.hunt == "a1":
-                    # hunt-a1 opens row 2 only: its write-lock mapping never links tables.
-                    return RET_PF_RETRY
                 child = self.tdp_mmu_alloc_sp(level - 1, gfn_round_for_level(gfn, level),
                                               root.is_mirror)
                 if self.tdp_mmu_link_sp(sp, i, gfn_round_for_level(gfn, level), old, child,
@@ -485,49 +465,6 @@ class TdpMmu:
                 else:
                     yield from walk(self.spte_to_child_sp(v))
         return walk(root)
-
-    def tdp_mmu_zap_leafs_atomic(self, root: KvmMmuPage, start: int, end: int) -> int:
-        """hunt-c's what-if: zap mirror leaves in [start, end) under the read lock with
-        the atomic setter (row 11).  Returns how many it zapped."""
-        kvm = self.kvm
-        kvm.mmu_lock.lockdep_assert_held_read("tdp_mmu_zap_leafs_atomic")
-        zapped = 0
-        kvm.rcu.rcu_read_lock()
-        try:
-            for sp, i, gfn, level, old in list(self._leaves(root, start, end)):
-                while is_shadow_present_pte(old) and is_last_spte(old, level):
-                    if not self.tdp_mmu_set_spte_atomic(sp, i, gfn, old,
-                                                        SHADOW_NONPRESENT_VALUE, level):
-                        zapped += 1
-                        break
-                    if not kvm._ioctl_alive():
-                        return zapped
-                    cpu_relax(self.sched)
-                    old = sp.read(i)
-        finally:
-            kvm.rcu.rcu_read_unlock()
-        return zapped
-
-    def tdp_mmu_zap_table(self, root: KvmMmuPage, gfn: int, level: int) -> bool:
-        """hunt-d's what-if: zap the table mapping the level-``level`` range at ``gfn``
-        under the read lock with the atomic setter (row 13), the way
-        tdp_mmu_zap_possible_nx_huge_page() zaps a direct root's table; the subtree is
-        torn down by handle_removed_pt(shared=true).  Returns whether it zapped."""
-        kvm = self.kvm
-        kvm.mmu_lock.lockdep_assert_held_read("tdp_mmu_zap_table")
-        kvm.rcu.rcu_read_lock()
-        try:
-            found = self._find(root, gfn, level)
-            if found is None:
-                return False
-            sp, i, old = found
-            if not is_shadow_present_pte(old) or is_last_spte(old, level):
-                return False
-            base = gfn_round_for_level(gfn, level)
-            return not self.tdp_mmu_set_spte_atomic(sp, i, base, old,
-                                                    SHADOW_NONPRESENT_VALUE, level)
-        finally:
-            kvm.rcu.rcu_read_unlock()
 
     def tdp_mmu_split_huge_page(self, sp: KvmMmuPage, i: int, gfn: int, old: int,
                                 level: int) -> int:

@@ -3,9 +3,9 @@
 Mapping: BUSY becomes ``-EBUSY`` (the mirror is restored and the fault retried); any
 other error is ``TDX_BUG_ON``.  Removal goes BLOCK, TRACK plus a kick, REMOVE, WBINVD,
 each of BLOCK/TRACK/REMOVE through ``tdh_do_no_vcpus`` (one retry after forcing every
-vCPU out and holding new entries off with ``wait_for_sept_zap``).  The v6.19 split hooks
-and the single ``set_external_spte(old, new)`` hook of seed 000 both exist, selected by
-the variant.
+vCPU out and holding new entries off with ``wait_for_sept_zap``).  These are v6.19's
+hooks, 4K pages only; seed 000's single ``set_external_spte(old, new)`` hook and the
+hugepage RFC's split are patches over them (:mod:`core.patches`).
 """
 from __future__ import annotations
 
@@ -56,8 +56,6 @@ class KvmTdx:
         kvm = self.kvm
         if self.module.td_state != TD_RUNNABLE:
             return
-        if "remove_without_track" in kvm.mutations:
-            return
         kvm.mmu_lock.lockdep_assert_held_write("tdx_track")
         err = self.tdh_do_no_vcpus("TDH.MEM.TRACK", self.module.tdh_mem_track)
         kvm.tdx_bug_on(err, "tdx_track", "TDH.MEM.TRACK")
@@ -85,14 +83,25 @@ class KvmTdx:
         """kvm_x86_ops.link_external_spt (v6.19 only)."""
         return self.tdx_sept_link_private_spt(gfn, level, child)
 
+    def tdx_gmem_max_mapping_level(self, pfn: int, is_private: bool) -> int:
+        """tdx_gmem_max_mapping_level() of v6.19 (kvm_x86_ops.gmem_max_mapping_level):
+        no restriction (0) for shared memory, 4K for private memory."""
+        return PG_LEVEL_4K if is_private else 0
+
     def tdx_sept_set_private_spte(self, gfn: int, level: int, new: int) -> int:
-        """tdx_sept_set_private_spte() for a leaf: PAGE.ADD before the TD is finalised,
+        """tdx_sept_set_private_spte() of v6.19 for a leaf: "TODO: handle large pages."
+        (``KVM_BUG_ON(level != PG_LEVEL_4K)``), then PAGE.ADD before the TD is finalised,
         PAGE.AUG after."""
-        kvm = self.kvm
-        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
-                             "tdx_sept_set_private_spte", "large page without hugepage support"):
+        if self.kvm.kvm_bug_on_if(level != PG_LEVEL_4K, "tdx_sept_set_private_spte",
+                                  "large page without hugepage support"):
             return -EIO
-        pfn = spte_to_pfn(new)
+        return self._tdx_map_leaf(gfn, level, spte_to_pfn(new))
+
+    def _tdx_map_leaf(self, gfn: int, level: int, pfn: int) -> int:
+        """The rest of tdx_sept_set_private_spte() (model helper): PAGE.ADD before the TD
+        is finalised (the model adds here, where the kernel counts the page and
+        tdx_gmem_post_populate() adds it), tdx_mem_page_aug() after."""
+        kvm = self.kvm
         if self.module.td_state != TD_RUNNABLE:
             err = self.module.tdh_mem_page_add(gfn, pfn)
             what = "TDH.MEM.PAGE.ADD"
@@ -108,7 +117,7 @@ class KvmTdx:
     def set_external_spte(self, gfn: int, level: int, old: int, new: int) -> int:
         """kvm_x86_ops.set_external_spte of v6.19: a leaf only (tables go through
         link_external_spt, removals through remove_external_spte).  The 2026 refactor
-        makes it the single hook (core/refactor_2026.py)."""
+        makes it the single hook (core/patches/refactor_2026.py)."""
         return self.tdx_sept_set_private_spte(gfn, level, new)
 
     # ------------------------------------------------------------------ removal
@@ -121,14 +130,16 @@ class KvmTdx:
         self.tdx_sept_remove_private_spte(gfn, level, old)
 
     def tdx_sept_remove_private_spte(self, gfn: int, level: int, old: int) -> int:
-        """tdx_sept_remove_private_spte(): BLOCK, TRACK + kick, REMOVE, WBINVD."""
+        """tdx_sept_remove_private_spte() of v6.19: the HKID must be assigned, "TODO:
+        handle large pages" (``KVM_BUG_ON(level != PG_LEVEL_4K)``), then BLOCK, TRACK +
+        kick, REMOVE, WBINVD."""
         kvm, m = self.kvm, self.module
         kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_remove_private_spte")
         if kvm.kvm_bug_on_if(not m.hkid_assigned, "tdx_sept_remove_private_spte",
                              "private leaf zapped after the HKID was released"):
             return -EIO
-        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
-                             "tdx_sept_remove_private_spte", "large page"):
+        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K, "tdx_sept_remove_private_spte",
+                             "large page"):
             return -EIO
         err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
         if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.RANGE.BLOCK"):
@@ -166,45 +177,3 @@ class KvmTdx:
         if sp.external_spt is not None:
             self.kvm.external_transition(sp.external_spt, "leaked")
             sp.external_spt = None
-
-    # ------------------------------------------------------------------ huge pages
-    def tdx_sept_split_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
-        """tdx_sept_split_private_spte() (RFC v5): split of a private 2M leaf under the
-        write lock: BLOCK, TRACK +
-        kick, DEMOTE into the new table's external_spt."""
-        kvm, m = self.kvm, self.module
-        child = kvm.mmu.spte_to_child_sp(new)
-        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_split_private_spte")
-        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
-        if kvm.tdx_bug_on(err, "tdx_sept_split_private_spte", "TDH.MEM.RANGE.BLOCK"):
-            return -EIO
-        self.tdx_track()
-        assert child.external_spt is not None
-        err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.DEMOTE", m.tdh_mem_page_demote, gfn, level,
-                                   child.external_spt)
-        if kvm.tdx_bug_on(err, "tdx_sept_split_private_spte", "TDH.MEM.PAGE.DEMOTE"):
-            return -EIO
-        kvm.external_transition(child.external_spt, "in_sept")
-        return 0
-
-    def tdx_sept_promote_private_spte(self, gfn: int, level: int, old: int, new: int) -> int:
-        """hunt-b's what-if promotion (no kernel has one: "Promotion/demotion is not yet
-        supported", linux-next tdx.c), written the way the RFC v5 split path
-        (tdx_sept_split_private_spte) demotes: BLOCK the table, tdx_track(), PROMOTE,
-        BLOCK and PROMOTE through tdh_do_no_vcpus, each failure a TDX_BUG_ON.  A BUSY
-        from a running vCPU is retried with every vCPU out and goes through; what
-        remains is what the module refuses outright, e.g. a table of PENDING and
-        MAPPED children."""
-        kvm, m = self.kvm, self.module
-        child = kvm.mmu.spte_to_child_sp(old)
-        kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_promote_private_spte")
-        err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
-        if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", "TDH.MEM.RANGE.BLOCK"):
-            return -EIO
-        self.tdx_track()
-        err = self.tdh_do_no_vcpus("TDH.MEM.PAGE.PROMOTE", m.tdh_mem_page_promote, gfn, level)
-        if kvm.tdx_bug_on(err, "tdx_sept_promote_private_spte", "TDH.MEM.PAGE.PROMOTE"):
-            return -EIO
-        if child.external_spt is not None:
-            kvm.external_transition(child.external_spt, "freed")
-        return 0

@@ -10,10 +10,11 @@ The S-EPT is a dict of entries keyed by (level, first gfn); an entry at level L 
 ``level_pages(L)`` 4K pages.  Level-4 entries live in the TD's root (a TD control page),
 so they always exist; an entry below is reachable when the entry above it is a non-leaf.
 
-The module also audits what it is asked to do (``audit``): the facts MODEL §7 needs
-(a table removed with live children, a leaf removed untracked, a page reclaimed with the
-HKID still assigned) are recorded whether or not the module's own checks are enabled, so
-a deliberately broken model (``mutations``) is still caught by the invariant checker.
+The module also audits what it is asked to do (``audit``): the facts the invariants
+need that only the module sees (a table removed with live children, the HKID released
+with private leaves left).  A planted-bug patch that breaks the module's own check too
+records its fact there, so that the invariant checker is shown to catch it
+(``tests/patches/``).
 """
 from __future__ import annotations
 
@@ -173,7 +174,6 @@ class TdxModule:
 
     def __init__(self, sched: Scheduler, nr_vcpus: int, *, busy_rate: float = 0.0,
                  rng: random.Random | None = None,
-                 mutations: frozenset[str] = frozenset(),
                  sept_ve_disable: bool = True) -> None:
         self._sched = sched
         # TD ATTRIBUTES.SEPT_VE_DISABLE, copied to td_ctls.pending_ve_disable by
@@ -193,7 +193,6 @@ class TdxModule:
         self.reclaimed: set[int] = set()
         self.busy_rate = busy_rate
         self._rng = rng or random.Random(0)
-        self.mutations = mutations
         self.busy: dict[str, int] = {}
         self.calls: dict[str, int] = {}
         # SEAMCALLs and TDCALLs by TD phase (PHASES), for the summary: what a user
@@ -462,16 +461,12 @@ class TdxModule:
             e = self.entry(gfn, level)
             blocked = e.state in (BLOCKED, PENDING_BLOCKED)
             tracked = self._tracked(e.bepoch)
-            lax = "remove_without_track" in self.mutations
             if e.state not in LEAF_STATES:
                 return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
-            if not blocked and not lax:
+            if not blocked:
                 return TDX_GPA_RANGE_NOT_BLOCKED | TDX_OPERAND_ID_RCX
-            if not tracked and not lax:
+            if not tracked:
                 return TDX_TLB_TRACKING_NOT_DONE | TDX_OPERAND_ID_RCX
-            if not (blocked and tracked):
-                self.audit.append((4, f"leaf gfn={gfn:#x} L{level} removed "
-                                      f"(blocked={blocked}, tracked={tracked})"))
             e.state, e.pfn, e.bepoch = FREE, None, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.REMOVE", (gfn, level),
@@ -565,9 +560,7 @@ class TdxModule:
         """TDH.PHYMEM.PAGE.RECLAIM: take back a TD page; only once the HKID is released."""
         def effect(call: _Call) -> int:
             if self.hkid_assigned:
-                if "reclaim_with_hkid" not in self.mutations:
-                    return TDX_LIFECYCLE_STATE_INCORRECT
-                self.audit.append((5, f"page {page:#x} reclaimed with the HKID assigned"))
+                return TDX_LIFECYCLE_STATE_INCORRECT
             self.sept_pages.pop(page, None)
             self.reclaimed.add(page)
             return TDX_SUCCESS

@@ -1,13 +1,18 @@
-"""Kernel variants (MODEL §6): named sets of behaviours of the simulated kernel.
+"""Kernel variants: the model of v6.19 (``core/``) and patches over it.
 
-The as-designed variants must run clean forever.  Each hunt variant is ``hugepage-rfc``
-plus exactly one path that opens one row of the scenario table to the mirror root, the
-way a patch under review might:
+Every variant but v6.19 is a stack of patch modules (:mod:`core.patches`), each a set of
+subclasses of the model classes overriding the functions its kernel patch changes:
+refactor-2026 is v6.19 plus seed 000's single hook; hugepage-rfc adds 2M leaves and their
+split; each hunt is hugepage-rfc plus exactly one what-if path that opens one row of the
+scenario table to the mirror root, the way a patch under review might.  The zapper
+operations exist in every variant (prefault a range, populate tables, recover huge pages,
+a memory-failure zap, zap a range's tables); a hunt's patch swaps the as-designed
+implementation of one of them for its what-if one, and nothing else changes, so a finding
+in a hunt variant is caused by its path.  The as-designed variants must run clean
+forever.  A user's patch file goes on top of a built-in variant (``stress.patches``).
 
-* the zapper operations exist in every variant (prefault a range, populate tables,
-  recover huge pages, zap leaves for an MMU notifier, zap a range's tables); a hunt
-  variant swaps the as-designed implementation of one of them for its what-if one;
-* nothing else changes, so a finding in a hunt variant is caused by its path.
+The fields other than ``patches`` describe a variant to the driver (which operations
+its workload draws, which finding a hunt is after); the model never reads them.
 """
 from __future__ import annotations
 
@@ -23,8 +28,6 @@ class UnknownVariant(ValueError):
 class Variant:
     name: str
     summary: str
-    after_order: bool          # "after" the 2026 refactor: propagate inside the frozen window
-    single_hook: bool          # seed 000: set_external_spte() also links tables
     hugepages: bool            # private 2M leaves, split under the write lock (row 8)
     hunt: str | None = None    # the path this variant opens: a1, a2, b, c, d
     opens_row: int | None = None
@@ -34,7 +37,7 @@ class Variant:
     # derives from, its model classes that override the base's, the finding it is after
     # (kind, where) if it plants one, and a hash of its source
     base: str | None = None
-    # built-in patches under it, bottom first (modules of core/; the 2026 refactor)
+    # built-in patches under it, bottom first (modules of core.patches)
     patches: tuple[str, ...] = ()
     overrides: tuple[type, ...] = ()
     finds: tuple[str, str | None] | None = None
@@ -107,36 +110,43 @@ class Variant:
 
 
 _COMPOSED: dict[tuple, type] = {}
-REFACTOR = ("core.refactor_2026",)
-_BASE: dict[str, Any] = dict(after_order=True, single_hook=True, hugepages=True,
-                             patches=REFACTOR)
+REFACTOR = ("core.patches.refactor_2026",)
+HUGEPAGE = REFACTOR + ("core.patches.hugepage_rfc",)
+READ_LOCK_ZAP = HUGEPAGE + ("core.patches.read_lock_mirror_zap",)
+_BASE: dict[str, Any] = dict(hugepages=True)
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("v6.19", "\"before\" order; hooks link_external_spt, set_external_spte, "
             "remove_external_spte, free_external_spt; 4K private pages only",
-            after_order=False, single_hook=False, hugepages=False),
+            hugepages=False),
     Variant("refactor-2026", "\"after\" order; single set_external_spte(old, new) hook "
             "(seed 000), removal through it; 4K private pages only",
-            after_order=True, single_hook=True, hugepages=False, patches=REFACTOR),
+            hugepages=False, patches=REFACTOR),
     Variant("hugepage-rfc", "refactor-2026 plus private 2M leaves, split under the write "
-            "lock (row 8); page tables removed only at teardown (row 14)", **_BASE),
+            "lock (row 8); page tables removed only at teardown (row 14)", patches=HUGEPAGE,
+            **_BASE),
     Variant("hunt-a1", "hugepage-rfc plus prefault installing mirror leaves under the "
             "write lock (row 2); no kernel maps under the write lock (kvm_tdp_mmu_map() "
             "runs under the read lock): a canary", hunt="a1", opens_row=2, hunt_kind="KVM_BUG_ON",
-            hunt_where="handle_changed_spte", **_BASE),
+            hunt_where="handle_changed_spte", patches=HUGEPAGE + ("core.patches.hunt_a1",),
+            **_BASE),
     Variant("hunt-a2", "hugepage-rfc plus table population linking mirror tables under the "
             "write lock (row 4)", hunt="a2", opens_row=4, hunt_kind="KVM_BUG_ON",
-            hunt_where="handle_changed_spte", **_BASE),
+            hunt_where="handle_changed_spte", patches=HUGEPAGE + ("core.patches.hunt_a2",),
+            **_BASE),
     Variant("hunt-b", "hugepage-rfc plus huge-page recovery (recover_huge_pages_range()) "
             "run on the mirror root under the write lock: a table becomes a 2M leaf made "
             "from its first leaf, with TDH.MEM.PAGE.PROMOTE (row 9)", hunt="b", opens_row=9,
             hunt_kind="KVM_BUG_ON",
-            hunt_where="handle_changed_spte", **_BASE),
+            hunt_where="handle_changed_spte", patches=HUGEPAGE + ("core.patches.hunt_b",),
+            **_BASE),
     Variant("hunt-c", "hugepage-rfc plus an atomic zap of mirror leaves under the read lock "
-            "(row 11)", hunt="c", opens_row=11, hunt_kind="TDX_BUG_ON", **_BASE),
+            "(row 11)", hunt="c", opens_row=11, hunt_kind="TDX_BUG_ON",
+            patches=READ_LOCK_ZAP + ("core.patches.hunt_c",), **_BASE),
     Variant("hunt-d", "hugepage-rfc plus an atomic zap of mirror tables under the read lock "
             "(row 13)", hunt="d", opens_row=13, hunt_kind="KVM_BUG_ON",
-            hunt_where="handle_changed_spte", **_BASE),
+            hunt_where="handle_changed_spte", patches=READ_LOCK_ZAP + ("core.patches.hunt_d",),
+            **_BASE),
 )}
 
 AS_DESIGNED = ("v6.19", "refactor-2026", "hugepage-rfc")

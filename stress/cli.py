@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from enum import IntEnum
 from pathlib import Path
 from typing import NoReturn
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 8, hunts at most 6x that)")
     t.add_argument("--workers", type=_positive_int, default=2)
     t.add_argument("--seed", default=None)
+    t.add_argument("--variant", action="append", default=[], metavar="PATCH",
+                   help="also run this patch (PATH.py, module:Name) beside the built-in "
+                        "variants; repeatable")
     n = sub.add_parser("nightly", help="CI job: as-designed variants must stay clean, a "
                                        "canary hunt must be caught")
     n.add_argument("--variants", type=_variant_list, default=",".join(AS_DESIGNED),
@@ -451,7 +455,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from .table import observe, render_table
     seed, _ = resolve_seed(args.seed if args.seed is not None else "0")
-    obs = observe(args.duration, workers=args.workers, base_seed=seed)
+    patches = tuple(get_variant(p).name for p in args.variant)   # refused here if bad
+    obs = observe(args.duration, workers=args.workers, base_seed=seed, patches=patches)
     text, disagreements = render_table(obs)
     print(text)
     return ExitCode.FINDING if disagreements else ExitCode.OK
@@ -469,19 +474,25 @@ def _overridden(v: Variant) -> list[tuple[type, str]]:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    import inspect
     if args.show:
         v = get_variant(args.show)
-        if not v.overrides:
-            raise UsageError(f"{args.show} is a built-in variant, not a patch: nothing to "
-                             f"show beside a base")
-        print(f"# {v.name}: {v.summary} (over {v.base})")
-        for model, attr in _overridden(v):
-            print(f"\n## {model.__name__}.{attr}, in {v.base}:\n")
-            print(inspect.getsource(getattr(get_variant(v.base or "").compose(model),
-                                            attr)).rstrip())
-            print(f"\n## {model.__name__}.{attr}, in {v.name}:\n")
-            print(inspect.getsource(getattr(v.compose(model), attr)).rstrip())
+        if v.overrides:
+            print(f"# {v.name}: {v.summary} (over {v.base})")
+            _show_beside(get_variant(v.base or ""), v, _overridden(v))
+            return ExitCode.OK
+        if not v.patches:
+            raise UsageError(f"{args.show} is the model itself, not a patch: nothing to show "
+                             f"beside a base")
+        base = _built_in_base(v)
+        print(f"# {v.name}: {v.summary} (over {base.name})")
+        for i in range(len(base.patches), len(v.patches)):
+            below = replace(v, name=f"{v.name}~{i}", patches=v.patches[:i])
+            above = replace(v, name=f"{v.name}~{i + 1}", patches=v.patches[:i + 1])
+            print(f"\n# the patch {v.patches[i]}")
+            _show_beside(below, above, _patch_functions(v.patches[i]), below_name=base.name
+                         if i == len(base.patches) else f"{base.name} with "
+                         f"{', '.join(v.patches[len(base.patches):i])}", above_name=v.name
+                         if i + 1 == len(v.patches) else v.patches[i])
         return ExitCode.OK
     from .patches import installed_patches
     given = [get_variant(p) for p in [*installed_patches(), *args.patches]]
@@ -496,10 +507,35 @@ def cmd_variants(args: argparse.Namespace) -> int:
         if v.overrides:
             print(f"{'':<{width}}  overrides "
                   + ", ".join(f"{m.__name__}.{a}" for m, a in _overridden(v)))
+        if v.patches:
+            print(f"{'':<{width}}  v6.19 with, bottom first (+ a function the patch adds):")
         for name in v.patches:
-            print(f"{'':<{width}}  on v6.19 with {name}: "
-                  + ", ".join(f"{m.__name__}.{a}" for m, a in _patch_functions(name)))
+            print(f"{'':<{width}}    {name}: "
+                  + ", ".join(("" if hasattr(m, a) else "+") + f"{m.__name__}.{a}"
+                              for m, a in _patch_functions(name)))
     return ExitCode.OK
+
+
+def _built_in_base(v: Variant) -> Variant:
+    """The built-in variant a built-in variant is a patch over: the one whose patches are
+    the longest proper prefix of its own."""
+    below = [b for b in VARIANTS.values()
+             if len(b.patches) < len(v.patches) and v.patches[:len(b.patches)] == b.patches]
+    return max(below, key=lambda b: len(b.patches))
+
+
+def _show_beside(below: Variant, above: Variant, functions: list[tuple[type, str]],
+                 below_name: str = "", above_name: str = "") -> None:
+    """Print each function as ``below`` composes it, then as ``above`` does (a function
+    that ``below`` does not have is shown as new)."""
+    import inspect
+    for model, attr in functions:
+        old = getattr(below.compose(model), attr, None)
+        print(f"\n## {model.__name__}.{attr}, in {below_name or below.name}:\n")
+        print(inspect.getsource(old).rstrip() if old is not None
+              else "(none: the patch adds it)")
+        print(f"\n## {model.__name__}.{attr}, in {above_name or above.name}:\n")
+        print(inspect.getsource(getattr(above.compose(model), attr)).rstrip())
 
 
 def _patch_functions(module: str) -> list[tuple[type, str]]:

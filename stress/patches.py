@@ -149,7 +149,7 @@ def _variant_of(name: str, module: types.ModuleType, digest: str,
         bases = [c for c in PATCHABLE if issubclass(obj, c)]
         if not bases:
             continue
-        _check_overrides(name, obj, bases[0])
+        _check_overrides(name, obj, bases[0], VARIANTS[base].compose(bases[0]), base)
         if any(issubclass(o, bases[0]) for o in overrides):
             raise UnknownVariant(f"patch {name} overrides {bases[0].__name__} twice")
         overrides.append(obj)
@@ -160,22 +160,25 @@ def _variant_of(name: str, module: types.ModuleType, digest: str,
                    overrides=tuple(overrides), finds=finds, patch_hash=digest)
 
 
-def _check_overrides(name: str, cls: type, model: type) -> None:
-    """Every function the patch class defines overrides one of the model class's, with the
-    same signature; helpers of the patch's own are named ``patch_*``."""
+def _check_overrides(name: str, cls: type, model: type, composed: type, base: str) -> None:
+    """Every function the patch class defines overrides one of the class it patches (the
+    model class ``model`` as the base variant ``base`` composes it, built-in patches
+    included), with the same signature; helpers of the patch's own are named
+    ``patch_*``."""
+    of = "" if composed is model else f" of {base}"
     for attr, fn in vars(cls).items():
         if attr.startswith("__") or not callable(fn) or attr.startswith("patch_"):
             continue
-        old = getattr(model, attr, None)
+        old = getattr(composed, attr, None)
         if old is None or not callable(old):
             raise UnknownVariant(f"patch {name}: {cls.__name__}.{attr} overrides nothing in "
-                                 f"{model.__name__} (a typo? a new helper's name starts with "
+                                 f"{model.__name__}{of} (a typo? a new helper's name starts with "
                                  f"patch_)")
         new_sig, old_sig = inspect.signature(fn), inspect.signature(old)
         if [(p.name, p.kind, p.default) for p in new_sig.parameters.values()] != \
                 [(p.name, p.kind, p.default) for p in old_sig.parameters.values()]:
             raise UnknownVariant(f"patch {name}: {cls.__name__}.{attr}{new_sig} does not match "
-                                 f"{model.__name__}.{attr}{old_sig}")
+                                 f"{model.__name__}.{attr}{old_sig}{of}")
 
 
 def patch_source_hash(name: str) -> str:

@@ -10,6 +10,11 @@ the bug they are after fires (at most six times as long).  Observed per row:
   the ``TDX_BUG_ON`` of path (c); for rows 5, 6 and 10, the model's own handling of a
   forced transition (WARN, BUG or none).
 
+Patches given with ``--variant`` run beside the built-in variants: one that plants no
+bug counts as as-designed, so a row it opens to the mirror root shows as a disagreement
+(the table then says which row of seed 002 the patch changes); one with ``FINDS`` runs
+as a hunt does, and a ``KVM_BUG_ON`` it fires in a row marked not hittable is one too.
+
 A disagreement is: a row marked not allowed seen in an as-designed variant; a row
 marked allowed never seen; a row marked hittable whose bug never fired in its hunt; a
 ``KVM_BUG_ON`` in a row marked not hittable.  Rows 6 and 10 count only PFN-changing
@@ -22,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from core.oracle import EXPECTED, ROW_TEXT, force_transition
-from core.variants import AS_DESIGNED, VARIANTS, get_variant
+from core.variants import VARIANTS, get_variant
 
 from .config import RunConfig
 from .runner import hunt_stop, run_seed
@@ -68,13 +73,17 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
             "bugs": bugs, "found_at": found_at, "seconds": round(time.monotonic() - t0, 2)}
 
 
-def observe(duration: float, workers: int = 2, base_seed: int = 0) -> dict:
+def observe(duration: float, workers: int = 2, base_seed: int = 0,
+            patches: tuple[str, ...] = ()) -> dict:
+    """Explore every built-in variant and the given ``patches`` (variant names, patch
+    files among them) in worker processes."""
+    names = list(VARIANTS) + [p for p in patches if p not in VARIANTS]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futs = {name: pool.submit(explore, name,
                                   duration if get_variant(name).as_designed else 6 * duration,
                                   base_seed)
-                for name in VARIANTS}
+                for name in names}
         per = {name: f.result() for name, f in futs.items()}
     forced = {row: force_transition(row) for row in FORCED_ROWS}
     return {"variants": per, "forced": forced}
@@ -90,7 +99,7 @@ def render_table(obs: dict) -> tuple[str, list[str]]:
     for row in range(1, 15):
         old, new, shared = ROW_TEXT[row]
         exp_allowed, exp_hit = EXPECTED[row]
-        seen_in = [n for n in AS_DESIGNED if per[n]["rows"][row]]
+        seen_in = [n for n in per if get_variant(n).as_designed and per[n]["rows"][row]]
         obs_allowed = "Y" if per["hugepage-rfc"]["rows"][row] else "N"
         if seen_in and obs_allowed == "N":
             obs_allowed = "Y (" + ", ".join(seen_in) + ")"
@@ -136,9 +145,12 @@ def render_table(obs: dict) -> tuple[str, list[str]]:
     lines.append("")
     for name, p in per.items():
         hunt = ""
-        if not get_variant(name).as_designed:
+        v = get_variant(name)
+        if not v.as_designed:
             hunt = (f", its bug after {p['found_at']} s" if p["found_at"] is not None
                     else ", its bug NOT found")
+        if v.base:
+            hunt += f" (a patch over {v.base})"
         lines.append(f"{name}: {p['runs']} runs in {p['seconds']} s{hunt}; "
                      f"attribute-only changes {p['attr_changes']}")
     lines.append("rows 5, 6 and 10: no path of any variant makes these transitions; "

@@ -1,21 +1,31 @@
 """Mutation tests: a deliberately broken model is caught by the invariants of MODEL §7.
 
-Each mutation breaks KVM (and the module's own refusal where it would refuse), runs the
-same deterministic drive as the row tests, and must produce the named invariant.  The
-unmutated drive is clean (tests/test_smoke_rows.py), so these cannot pass by accident.
+Each planted bug is a patch (``tests/patches/``) over hugepage-rfc that breaks KVM (and
+the module's own refusal where it would refuse), runs the same deterministic drive as
+the row tests, and must produce the named invariant.  The unpatched drive is clean, so
+these cannot pass by accident.
 """
+from pathlib import Path
+
 import pytest
 
 from core.guest import ProgramGuest
 from core.invariants import check_invariants
 from core.kvm import Kvm
 from core.sched import current
+from core.variants import get_variant
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.scripted, pytest.mark.timeout(60)]
+
+PATCHES = Path(__file__).resolve().parent / "patches"
 
 
-def drive(mutations, *, teardown=True):
-    kvm = Kvm("hugepage-rfc", nr_vcpus=1, mutations=frozenset(mutations))
+def planted(name):
+    return get_variant(str(PATCHES / f"{name}.py"))
+
+
+def drive(variant="hugepage-rfc", *, teardown=True):
+    kvm = Kvm(variant, nr_vcpus=1)
     kvm.build()
     v = kvm.vcpus[0]
     current().vcpu = v
@@ -37,9 +47,12 @@ def invariants_of(found):
     return {n for n, _ in found}
 
 
-def test_unmutated_drive_is_clean():
-    kvm, found = drive(())
+def test_unpatched_drive_is_clean():
+    kvm, found = drive()
     assert found == [] and kvm.rec.findings == []
+    # the drive reaches what the planted bugs break: a removal and a split
+    assert kvm.module.calls.get("TDH.MEM.PAGE.REMOVE") and \
+        kvm.module.calls.get("TDH.MEM.PAGE.DEMOTE"), kvm.module.calls
 
 
 def test_frozen_spte_left_behind():
@@ -47,18 +60,14 @@ def test_frozen_spte_left_behind():
 
     (Not through a vCPU: the vCPU's local retry would spin on that SPTE forever, which
     is the liveness failure the controlled scheduler reports as a HANG.)"""
-    kvm = Kvm("hugepage-rfc", nr_vcpus=1, mutations=frozenset({"leave_frozen"}))
-    kvm.build()
-    kvm.kvm_prefault(0x2)
-    assert 2 in invariants_of(check_invariants(kvm))
+    for variant, caught in (("hugepage-rfc", False), (planted("leave_frozen"), True)):
+        kvm = Kvm(variant, nr_vcpus=1)
+        kvm.build()
+        kvm.kvm_prefault(0x2)
+        assert (2 in invariants_of(check_invariants(kvm))) is caught, variant
 
 
 def test_leaf_removed_without_track():
     """Invariant 4: a leaf removed by BLOCK and REMOVE with no TRACK in between."""
-    _, found = drive({"remove_without_track"})
+    _, found = drive(planted("remove_untracked_lax_module"))
     assert 4 in invariants_of(found), found
-
-
-def test_unknown_mutation_is_rejected():
-    with pytest.raises(ValueError, match="unknown mutations"):
-        Kvm("hugepage-rfc", mutations=frozenset({"nope"}))

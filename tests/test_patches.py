@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,13 +118,23 @@ def test_variants_lists_a_patch_and_shows_it_beside_its_base():
     assert "patch over hugepage-rfc, finds TDX_BUG_ON" in p.stdout
     assert "overrides KvmTdx.tdx_sept_remove_private_spte" in p.stdout
     # the built-in variants show the patches they are made of
-    assert "on v6.19 with core.refactor_2026: TdpMmu._changed_spte" in p.stdout
-    assert p.stdout.count("on v6.19 with core.refactor_2026") == 8   # 7 built-in + 1 patch
+    assert "core.patches.refactor_2026: TdpMmu._changed_spte" in p.stdout
+    assert p.stdout.count("core.patches.refactor_2026:") == 8   # 7 built-in + 1 patch
+    # a function a built-in patch adds is marked as new
+    assert "+KvmTdx.tdx_sept_split_private_spte" in p.stdout
     p = tdx("variants", "--show", PLANTED)
     assert p.returncode == 0
     base, mine = p.stdout.split("in hugepage-rfc:")[1].split(f"in {PLANTED}:")
     assert "self.tdx_track()" in base and "self.tdx_track()" not in mine
+    # a built-in variant is a patch too: hunt-b beside hugepage-rfc
     p = tdx("variants", "--show", "hunt-b")
+    assert p.returncode == 0, p.stderr
+    base, mine = p.stdout.split("## Kvm.kvm_recover_huge_pages, in hugepage-rfc:")[1].split(
+        "## Kvm.kvm_recover_huge_pages, in hunt-b:")
+    assert "return False" in base and "recover_huge_pages_range(" in mine
+    assert "## KvmTdx.tdx_sept_promote_private_spte, in hugepage-rfc:\n\n(none: the patch " \
+           "adds it)" in p.stdout
+    p = tdx("variants", "--show", "v6.19")
     assert p.returncode == 2 and "not a patch" in p.stderr
 
 
@@ -208,3 +219,106 @@ def test_the_nightly_job_takes_patches_and_keeps_its_directory_flat(tmp_path):
     dirs = sorted(d.name for d in out.iterdir() if d.is_dir())
     assert dirs == ["canary-examples_patches_remove_without_track.py",
                     "examples_patches_retry_loop_refactor.py"], dirs
+
+
+def test_table_counts_an_as_designed_patch_that_opens_a_row_as_a_disagreement():
+    """``table --variant PATCH``: a patch that plants no bug is held to the as-designed
+    rows, so the row it opens to the mirror root is named, with the patch."""
+    from stress.table import render_table
+    rows = [0] * 15
+    for i in (1, 3, 8, 12, 14):
+        rows[i] = 5
+    names = ("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1", "hunt-a2", "hunt-b",
+             "hunt-c", "hunt-d", str(HARMLESS))
+    per = {n: {"rows": list(rows), "bugs": {}, "runs": 1, "seconds": 1.0, "found_at": 1.0,
+               "attr_changes": 0} for n in names}
+    for name, row, kind, path in (("hunt-a1", 2, "KVM_BUG_ON", "a1"),
+                                  ("hunt-a2", 4, "KVM_BUG_ON", "a2"),
+                                  ("hunt-b", 9, "KVM_BUG_ON", "b"),
+                                  ("hunt-c", 11, "TDX_BUG_ON", "c"),
+                                  ("hunt-d", 13, "KVM_BUG_ON", "d")):
+        per[name]["bugs"][f"{kind}|{row}|{path}"] = 1
+    obs = {"variants": per, "forced": {5: ["WARN"], 6: ["BUG"], 10: ["WARN"]}}
+    text, bad = render_table(obs)
+    assert bad == [] and "(a patch over hugepage-rfc)" in text
+    per[str(HARMLESS)]["rows"][11] = 3
+    text, bad = render_table(obs)
+    assert bad == [f"row 11 is not allowed on the mirror but was seen in {HARMLESS}"]
+
+
+@pytest.mark.integration
+def test_table_runs_a_patch_beside_the_built_in_variants(tmp_path):
+    p = tdx("table", "--duration", "0.3", "--variant", HARMLESS)
+    assert p.returncode in (0, 1), p.stderr
+    assert f"{HARMLESS}: " in p.stdout and "(a patch over hugepage-rfc)" in p.stdout
+    p = tdx("table", "--variant", tmp_path / "nope.py")
+    assert p.returncode == 2 and "no patch file" in p.stderr and "Traceback" not in p.stderr
+
+
+CORE = ROOT / "core"
+MODEL_FILES = sorted(p for p in [*CORE.glob("*.py"), *(CORE / "patches").glob("*.py")]
+                     if p.name not in ("variants.py", "__init__.py"))
+
+
+@pytest.mark.unit
+def test_the_model_has_no_variant_or_mutation_branch():
+    """Every variant is a patch: no model file reads what variant it runs in (beyond
+    composing its classes) or which mutation is planted."""
+    import re
+    branch = re.compile(
+        r"\.variant\.(?!compose\b)\w+|\bmutations?\b|\.(hunt|hugepages|opens_row|finds|"
+        r"as_designed|after_order|single_hook)\b|(==|!=|\bin)\s*\(?\s*[\"']"
+        r"(v6\.19|refactor-2026|hugepage-rfc|hunt-\w+|a1|a2|b|c|d|leave_frozen|"
+        r"remove_without_track|reclaim_with_hkid)[\"']")
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+             for p in MODEL_FILES
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if branch.search(line.split("#")[0])]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.unit
+def test_built_in_patches_override_with_the_base_signature():
+    """A built-in patch's function that overrides one of the variant below it keeps its
+    signature (a function it adds is new, as in a kernel diff)."""
+    import importlib
+    import inspect
+
+    from core.variants import VARIANTS
+    from stress.patches import PATCHABLE
+    checked = 0
+    for v in VARIANTS.values():
+        for i, name in enumerate(v.patches):
+            below = replace(v, name=f"{v.name}~{i}", patches=v.patches[:i])
+            m = importlib.import_module(name)
+            for cls in [c for c in vars(m).values()
+                        if isinstance(c, type) and c.__module__ == m.__name__]:
+                model = next(c for c in PATCHABLE if issubclass(cls, c))
+                for attr, fn in vars(cls).items():
+                    old = getattr(below.compose(model), attr, None)
+                    if attr.startswith("__") or not callable(fn) or old is None:
+                        continue
+                    assert inspect.signature(fn) == inspect.signature(old), (name, attr)
+                    checked += 1
+    assert checked >= 20, checked
+
+
+BUILT_IN_ONLY = ('from core.tdx import KvmTdx as B\nBASE = "{base}"\nSUMMARY = "x"\n'
+                 'class KvmTdx(B):\n'
+                 '    def tdx_sept_split_private_spte(self, gfn, level, old, new):\n'
+                 '        return super().tdx_sept_split_private_spte(gfn, level, old, new)\n')
+
+
+@pytest.mark.unit
+def test_a_patch_may_override_what_a_built_in_patch_adds(tmp_path):
+    """tdx_sept_split_private_spte() is hugepage-rfc's (its patch adds it): a patch over
+    hugepage-rfc may override it, one over v6.19 is refused."""
+    from core.variants import UnknownVariant
+    ok = tmp_path / "ok.py"
+    ok.write_text(BUILT_IN_ONLY.format(base="hugepage-rfc"))
+    v = get_variant(str(ok))
+    assert v.base == "hugepage-rfc" and len(v.overrides) == 1
+    bad = tmp_path / "bad.py"
+    bad.write_text(BUILT_IN_ONLY.format(base="v6.19"))
+    with pytest.raises(UnknownVariant, match="tdx_sept_split_private_spte overrides nothing"):
+        get_variant(str(bad))

@@ -192,19 +192,32 @@ def test_d_uncontended_table_zap_bugs_on_the_hkid(variant, bug):
     assert any(c["kind"] == "INVARIANT" for c in roots[0].consequences)
 
 
+NO_WIDENING = '''
+from core.kvm import Kvm as Base
+
+BASE = "hugepage-rfc"
+SUMMARY = "attribute changes invalidate only the range converted, as v6.19 does"
+
+
+class Kvm(Base):
+    def kvm_arch_pre_set_memory_attributes_range(self, start, end):
+        return start, end
+'''
+
+
 @pytest.mark.parametrize("widen", [True, False])
-def test_no_private_2m_leaf_over_a_gfn_just_made_shared(widen, monkeypatch):
+def test_no_private_2m_leaf_over_a_gfn_just_made_shared(widen, tmp_path):
     """A fault at 0x200 computes its max level (2M: the folio is all private) just before
     a conversion of 0x205 to shared zaps and flips the attributes.  KVM widens that
     invalidation to the huge-page-aligned head and tail
     (kvm_arch_pre_set_memory_attributes() -> kvm_mmu_invalidate_range_add()), so the
     fault at 0x200 is stale and retries at 4K; without the widening a 2M private leaf
     would cover the shared GFN 0x205 (invariant 10)."""
-    from core.kvm import Kvm
+    variant = "hugepage-rfc"
     if not widen:
-        monkeypatch.setattr(Kvm, "kvm_arch_pre_set_memory_attributes_range",
-                            lambda self, start, end: (start, end))
-    seq = Sequencer("hugepage-rfc", [("through", "fault", "kvm_gmem_get_pfn"),
+        variant = str(tmp_path / "no_widening.py")
+        (tmp_path / "no_widening.py").write_text(NO_WIDENING)
+    seq = Sequencer(variant, [("through", "fault", "kvm_gmem_get_pfn"),
                                      ("through", "conv", "set_mem_attributes"),
                                      ("finish", "fault"), ("finish", "conv")])
     seq.kvm.build()

@@ -9,15 +9,17 @@ import pytest
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-# the model; findings, sched, variants, oracle and invariants are the tool's own side
+# the model (v6.19) and the built-in patches over it; findings, sched, variants, oracle
+# and invariants are the tool's own side
 MODEL = ("spte", "store", "mmu_lock", "rcu", "tdp_mmu", "tdx", "tdx_module", "tdx_errno",
-         "kvm", "guest", "refactor_2026")
+         "kvm", "guest") + tuple(f"patches.{p.stem}" for p in sorted((CORE / "patches").glob(
+             "*.py")) if p.stem != "__init__")
 
 
 def model_functions() -> dict[str, ast.AST]:
     out: dict[str, ast.AST] = {}
     for mod in MODEL:
-        tree = ast.parse((CORE / f"{mod}.py").read_text())
+        tree = ast.parse((CORE / f"{mod.replace('.', '/')}.py").read_text())
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
                 out[f"{mod}.{node.name}"] = node
@@ -32,7 +34,7 @@ def ledger_rows() -> dict[str, list[str]]:
     rows = {}
     for line in (CORE / "SOURCES.md").read_text().splitlines():
         m = re.match(r"\|\s*`([\w.]+)`\s*\|(.*)\|\s*$", line)
-        if m and m.group(1).split(".")[0] in MODEL:
+        if m and any(m.group(1).startswith(mod + ".") for mod in MODEL):
             rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
     return rows
 

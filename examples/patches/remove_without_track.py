@@ -6,7 +6,7 @@ The TDX module refuses the REMOVE (TDX_TLB_TRACKING_NOT_DONE): a TDX_BUG_ON.
 
     tdx-stress run --variant examples/patches/remove_without_track.py --stop-on-first
 """
-from core.spte import PG_LEVEL_4K, spte_to_pfn
+from core.spte import spte_to_pfn
 from core.tdp_mmu import EIO
 from core.tdx import KvmTdx as Base
 
@@ -21,9 +21,6 @@ class KvmTdx(Base):
         kvm.mmu_lock.lockdep_assert_held_write("tdx_sept_remove_private_spte")
         if kvm.kvm_bug_on_if(not m.hkid_assigned, "tdx_sept_remove_private_spte",
                              "private leaf zapped after the HKID was released"):
-            return -EIO
-        if kvm.kvm_bug_on_if(level != PG_LEVEL_4K and not kvm.variant.hugepages,
-                             "tdx_sept_remove_private_spte", "large page"):
             return -EIO
         err = self.tdh_do_no_vcpus("TDH.MEM.RANGE.BLOCK", m.tdh_mem_range_block, gfn, level)
         if kvm.tdx_bug_on(err, "tdx_sept_remove_private_spte", "TDH.MEM.RANGE.BLOCK"):

@@ -4,15 +4,15 @@ Seed 000's single ``set_external_spte(old, new)`` hook, called inside the frozen
 (the "after" order of PATCH 07/17), in place of v6.19's ``set_external_spte_present()``
 and ``remove_external_spte()``: the same shape as ``examples/patches/seed000_single_hook.py``,
 written the way a user's patch is (see ``stress.patches``).  hugepage-rfc's split and
-promotion are dispatched by the same hook.
+hunt-b's promotion extend the same hook (``hugepage_rfc``, ``hunt_b``).
 """
 from __future__ import annotations
 
-from .spte import FROZEN_SPTE, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages
-from .store import KvmMmuPage
-from .tdp_mmu import EBUSY, EIO
-from .tdp_mmu import TdpMmu as BaseMmu
-from .tdx import KvmTdx as BaseTdx
+from ..spte import FROZEN_SPTE, is_frozen_spte, is_last_spte, is_shadow_present_pte, level_pages
+from ..store import KvmMmuPage
+from ..tdp_mmu import EBUSY, EIO
+from ..tdp_mmu import TdpMmu as BaseMmu
+from ..tdx import KvmTdx as BaseTdx
 
 
 class TdpMmu(BaseMmu):
@@ -60,20 +60,25 @@ class TdpMmu(BaseMmu):
         if not sp.is_mirror:
             return super().tdp_mmu_set_spte_atomic(sp, i, gfn, old, new, level)
         # seed 000: "KVM doesn't currently support zapping or splitting mirror SPTEs
-        # while holding mmu_lock for read."  hunt-c and hunt-d are the patches that
-        # lift this guard.
-        if self.variant.hunt not in ("c", "d"):
-            if kvm.kvm_bug_on_if(is_shadow_present_pte(old), "__tdp_mmu_set_spte_atomic",
-                                 "mirror SPTE already present") or \
-               kvm.kvm_bug_on_if(not is_shadow_present_pte(new), "__tdp_mmu_set_spte_atomic",
-                                 "mirror SPTE set non-present under the read lock"):
-                return -EBUSY
+        # while holding mmu_lock for read."  (hunt-c and hunt-d lift this guard:
+        # read_lock_mirror_zap.py.)
+        if kvm.kvm_bug_on_if(is_shadow_present_pte(old), "__tdp_mmu_set_spte_atomic",
+                             "mirror SPTE already present") or \
+           kvm.kvm_bug_on_if(not is_shadow_present_pte(new), "__tdp_mmu_set_spte_atomic",
+                             "mirror SPTE set non-present under the read lock"):
+            return -EBUSY
+        return self._frozen_window(sp, i, gfn, old, new, level)
+
+    def _frozen_window(self, sp: KvmMmuPage, i: int, gfn: int, old: int, new: int,
+                       level: int) -> int:
+        """The frozen window of __tdp_mmu_set_spte_atomic() on a mirror SPTE (model
+        helper, the part after the guard): freeze with try_cmpxchg64(), run
+        __handle_changed_spte() (the hook), then write the new value or restore the old
+        one ("__kvm_tdp_mmu_write_spte(sptep, ret ? old_spte : new_spte)")."""
         ok, _ = sp.cmpxchg(i, old, FROZEN_SPTE)
         if not ok:
             return -EBUSY
         ret = self._handle_changed_spte(sp, gfn, old, new, level, True)
-        if "leave_frozen" in kvm.mutations:
-            return ret      # planted bug: the frozen SPTE is never written back
         sp.write(i, old if ret else new)
         return ret
 
@@ -107,10 +112,6 @@ class KvmTdx(BaseTdx):
                                                   self.kvm.mmu.spte_to_child_sp(new))
         if was_leaf and not is_present:
             return self.tdx_sept_remove_private_spte(gfn, level, old)
-        if was_leaf and is_present and not is_leaf:
-            return self.tdx_sept_split_private_spte(gfn, level, old, new)
-        if was_present and not was_leaf and is_leaf:
-            return self.tdx_sept_promote_private_spte(gfn, level, old, new)
         # A non-leaf that goes away is handle_removed_pt()'s (children, then the table
         # page through free_external_spt); the TDP MMU never hands it to this hook.
         self.kvm.kvm_bug_on("set_external_spte", f"unexpected mirror change gfn={gfn:#x} "
