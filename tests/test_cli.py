@@ -255,22 +255,11 @@ def test_seed_precedence(monkeypatch):
     assert cli.resolve_seed(None)[1] == "fresh"
 
 
-def test_table_disagreements_are_marked():
+def test_table_disagreements_are_marked(table_observation):
     from stress.table import render_table
-    rows = [0] * 15
-    for i in (1, 3, 8, 12, 14):
-        rows[i] = 5
-    per = {n: {"rows": list(rows), "bugs": {}, "runs": 1, "seconds": 1.0, "found_at": 1.0,
-               "attr_changes": 0}
-           for n in ("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1", "hunt-a2",
-                     "hunt-b", "hunt-c", "hunt-d")}
-    for name, row, kind, path in (("hunt-a1", 2, "KVM_BUG_ON", "a1"),
-                                  ("hunt-a2", 4, "KVM_BUG_ON", "a2"),
-                                  ("hunt-b", 9, "KVM_BUG_ON", "b"),
-                                  ("hunt-c", 11, "TDX_BUG_ON", "c"),
-                                  ("hunt-d", 13, "KVM_BUG_ON", "d")):
-        per[name]["bugs"][f"{kind}|{row}|{path}"] = 1
-    obs = {"variants": per, "forced": {5: ["WARN"], 6: ["BUG"], 10: ["WARN"]}}
+    obs = table_observation(("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1",
+                             "hunt-a2", "hunt-b", "hunt-c", "hunt-d"))
+    per = obs["variants"]
     text, bad = render_table(obs)
     assert bad == [] and "no disagreement" in text
     per["hugepage-rfc"]["rows"][2] = 1                  # not allowed, seen as designed

@@ -221,24 +221,14 @@ def test_the_nightly_job_takes_patches_and_keeps_its_directory_flat(tmp_path):
                     "examples_patches_retry_loop_refactor.py"], dirs
 
 
-def test_table_counts_an_as_designed_patch_that_opens_a_row_as_a_disagreement():
+def test_table_counts_an_as_designed_patch_that_opens_a_row_as_a_disagreement(
+        table_observation):
     """``table --variant PATCH``: a patch that plants no bug is held to the as-designed
     rows, so the row it opens to the mirror root is named, with the patch."""
     from stress.table import render_table
-    rows = [0] * 15
-    for i in (1, 3, 8, 12, 14):
-        rows[i] = 5
-    names = ("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1", "hunt-a2", "hunt-b",
-             "hunt-c", "hunt-d", str(HARMLESS))
-    per = {n: {"rows": list(rows), "bugs": {}, "runs": 1, "seconds": 1.0, "found_at": 1.0,
-               "attr_changes": 0} for n in names}
-    for name, row, kind, path in (("hunt-a1", 2, "KVM_BUG_ON", "a1"),
-                                  ("hunt-a2", 4, "KVM_BUG_ON", "a2"),
-                                  ("hunt-b", 9, "KVM_BUG_ON", "b"),
-                                  ("hunt-c", 11, "TDX_BUG_ON", "c"),
-                                  ("hunt-d", 13, "KVM_BUG_ON", "d")):
-        per[name]["bugs"][f"{kind}|{row}|{path}"] = 1
-    obs = {"variants": per, "forced": {5: ["WARN"], 6: ["BUG"], 10: ["WARN"]}}
+    obs = table_observation(("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1",
+                             "hunt-a2", "hunt-b", "hunt-c", "hunt-d", str(HARMLESS)))
+    per = obs["variants"]
     text, bad = render_table(obs)
     assert bad == [] and "(a patch over hugepage-rfc)" in text
     per[str(HARMLESS)]["rows"][11] = 3
