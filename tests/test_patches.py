@@ -312,3 +312,16 @@ def test_a_patch_may_override_what_a_built_in_patch_adds(tmp_path):
     bad.write_text(BUILT_IN_ONLY.format(base="v6.19"))
     with pytest.raises(UnknownVariant, match="tdx_sept_split_private_spte overrides nothing"):
         get_variant(str(bad))
+
+
+@pytest.mark.integration
+def test_the_populate_example_opens_row_4_where_hugepage_rfc_does_not():
+    """examples/patches/populate_under_write_lock.py, the table's example: the same seeds
+    link mirror tables under the write lock (row 4) with the patch, never without it."""
+    patch = str(PATCHES / "populate_under_write_lock.py")
+    assert get_variant(patch).as_designed
+    mine = [run_seed(RunConfig(variant=patch), s, record_steps=False).rows[4]
+            for s in range(12)]
+    base = [run_seed(RunConfig(variant="hugepage-rfc"), s, record_steps=False).rows[4]
+            for s in range(12)]
+    assert sum(1 for n in mine if n) >= 2 and not any(base), (mine, base)
