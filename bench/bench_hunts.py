@@ -1,7 +1,7 @@
 """Time to first finding per hunt and strategy, side by side (the campaign issue).
 
 For every hunt variant and strategy (controlled pct, controlled random, free), from each
-of 5 base seeds, run seeds until the finding the hunt is after fires (MODEL §6), or a cap;
+of 5 base seeds, run seeds until the finding the hunt is after fires (docs/model.md §6), or a cap;
 print the median wall time and seeds to it.  One process, default configuration (as
 `tdx-stress run --variant hunt-X --stop-on-first --strategy S` would use, minus the
 worker start-up).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.variants import HUNTS  # noqa: E402
 from stress.config import RunConfig  # noqa: E402
 from stress.runner import hunt_stop, run_seed  # noqa: E402
 
-HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
 STRATEGIES = (("portfolio", "controlled"), ("pct", "controlled"), ("random", "controlled"),
               ("pct", "free"))
 

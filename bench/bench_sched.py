@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.findings import Recorder  # noqa: E402
 from core.sched import ThreadCtx, set_current  # noqa: E402
 from core.store import KvmMmuPage  # noqa: E402
-from stress.controlled import ControlledScheduler, Strategy  # noqa: E402
+from stress.controlled import ControlledScheduler  # noqa: E402
 from stress.free import FreeScheduler  # noqa: E402
+from stress.strategies import Strategy  # noqa: E402
 
 
 def bare_baton(n_threads: int, handoffs: int) -> float:
@@ -53,8 +54,8 @@ def bare_baton(n_threads: int, handoffs: int) -> float:
 class RoundRobin(Strategy):
     """Switch at every step: the next runnable thread after the current one."""
 
-    def choose(self, sched, runnable):
-        cur = sched.current.index if sched.current is not None else -1
+    def choose(self, view, runnable):
+        cur = view.current if view.current is not None else -1
         later = [i for i in runnable if i > cur]
         return later[0] if later else runnable[0]
 
@@ -62,9 +63,9 @@ class RoundRobin(Strategy):
 class Stay(Strategy):
     """Never switch while the current thread can go on."""
 
-    def choose(self, sched, runnable):
-        cur = sched.current
-        return cur.index if cur is not None and cur.index in runnable else runnable[0]
+    def choose(self, view, runnable):
+        cur = view.current
+        return cur if cur is not None and cur in runnable else runnable[0]
 
 
 def controlled(strategy: Strategy, n_threads: int, ops: int) -> float:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .sched import ThreadCtx
+from .variants import PATH_OF_ROW
 
 # GUEST: a correct guest (a Linux TD) died or lost memory because of the host: a failed
 # TDG.MEM.PAGE.ACCEPT it cannot retry (core.guest.LinuxTdGuest)
@@ -32,9 +33,6 @@ KINDS = ("KVM_BUG_ON", "TDX_BUG_ON", "WARN", "BUG", "LOCKDEP", "INVARIANT", "DEA
 # Kinds after which the VM is bugged (or the machine broken): the run's root finding.
 ROOT_KINDS = frozenset({"KVM_BUG_ON", "TDX_BUG_ON", "BUG", "INVARIANT"})
 MAX_CONSEQUENCES = 50      # kept per root finding; ``consequences_total`` counts them all
-
-# MODEL §5: the row a hunt path opens; the path label of a finding comes from its row.
-ROW_PATH = {2: "a1", 4: "a2", 9: "b", 11: "c", 13: "d"}
 
 
 @dataclass
@@ -74,6 +72,13 @@ class Finding:
         d["signature"] = self.signature
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        """The inverse of :meth:`to_dict` (the signature is derived, not read)."""
+        return cls(d["kind"], d["where"], d["message"], d.get("row"), d.get("path"),
+                   d.get("step", 0), d.get("thread", ""), d.get("context", {}),
+                   d.get("consequences", []), d.get("consequences_total", 0))
+
 
 class Recorder:
     """Collects findings; listeners (a scheduler that stops on the first one) are told.
@@ -90,6 +95,11 @@ class Recorder:
         self.closed = False   # the run was stopped: later reports are unwinding noise
         self.root: Finding | None = None      # the run's first bug (module docstring)
 
+    def use_clock(self, step_of: Callable[[], int]) -> None:
+        """Take step numbers from ``step_of`` (the scheduler running the machine: it owns
+        the clock, and binds it when it is made)."""
+        self._step_of = step_of
+
     def report(self, kind: str, where: str, message: str, ctx: ThreadCtx,
                row: int | None = None, path: str | None = None) -> Finding:
         assert kind in KINDS, kind
@@ -98,7 +108,7 @@ class Recorder:
         if row is None and ctx.row_stack:
             row = ctx.row_stack[0]
         if path is None and row is not None:
-            path = ROW_PATH.get(row)
+            path = PATH_OF_ROW.get(row)   # the row a hunt's path opens
         f = Finding(kind=kind, where=where, message=message, row=row, path=path,
                     step=ctx.last_step or self._step_of(), thread=ctx.name,
                     context={"mmu_lock": ctx.lock_mode, "rcu_depth": ctx.rcu_depth,

@@ -1,4 +1,4 @@
-"""The invariants of MODEL §7, checked at a quiescent point (no thread inside an
+"""The invariants of docs/model.md §7, checked at a quiescent point (no thread inside an
 operation or holding a frozen SPTE) and at teardown.
 
 The checker reads the machine's state directly, not through operations: it runs when

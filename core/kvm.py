@@ -4,7 +4,7 @@ hooks and the TDX module, plus the entry points that threads call.
 Threads (vCPUs and zappers) are made by ``stress``; here are the kernel paths they run:
 
 * vCPU: :meth:`Kvm.vcpu_enter_guest` (enter, run the guest, handle the exit), with
-  :meth:`Kvm.tdx_handle_ept_violation` for faults (local retry, MODEL §3.4);
+  :meth:`Kvm.tdx_handle_ept_violation` for faults (local retry, docs/model.md §3.4);
 * zappers: punch a hole, convert, delete and re-add a memslot, split a 2M leaf, zap a
   table, prefault, populate tables, recover huge pages, a memory-failure zap.  This is
   v6.19 (4K private pages: splitting, zapping a table and recovering do nothing); the
@@ -130,7 +130,7 @@ class Kvm:
         # the VMM converts, punches and deletes memory on its own (async conversions):
         # a guest that fails because memory went from under it is its doing
         self.hostile_vmm = hostile_vmm
-        # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (MODEL: guest kinds)
+        # A Linux TD is created with ATTRIBUTES.SEPT_VE_DISABLE (docs/model.md §3.4)
         v = self.variant
         self.module = v.compose(TdxModule)(self.sched, nr_vcpus, busy_rate=busy_rate,
                                            rng=rng,
@@ -260,7 +260,7 @@ class Kvm:
         self._mark_bugged()
 
     def violation(self, invariant: int, message: str) -> None:
-        """An invariant of MODEL §7 broken, seen the moment it happened."""
+        """An invariant of docs/model.md §7 broken, seen the moment it happened."""
         self.rec.report("INVARIANT", f"invariant{invariant}", message, current())
 
     def external_transition(self, pfn: int, new: str) -> None:

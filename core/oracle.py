@@ -1,5 +1,5 @@
 """The scenario oracle: classify every ``handle_changed_spte`` on a mirror SPTE into the
-14 rows of seed 002's table (MODEL §5).
+14 rows of seed 002's table (docs/model.md §5).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ ROW_TEXT = {
     14: ("non-leaf P", "NP", "N"),
 }
 
-# MODEL §5, as the seed 002 table states it: mirror allowed, KVM_BUG_ON hittable (path).
+# docs/model.md §5, as the seed 002 table states it: mirror allowed, KVM_BUG_ON hittable (path).
 EXPECTED = {
     1: ("Y", "N"), 2: ("N", "Y (a1)"), 3: ("Y", "N"), 4: ("N", "Y (a2)"),
     5: ("N", "WARN unless MMIO or frozen"), 6: ("either", "N"), 7: ("N", "N"),

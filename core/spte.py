@@ -1,4 +1,4 @@
-"""SPTE encoding (MODEL §1), after arch/x86/kvm/mmu/spte.h.
+"""SPTE encoding (docs/model.md §1), after arch/x86/kvm/mmu/spte.h.
 
 Values are plain ints (64-bit).  Only the bits the model needs exist: RWX (0-2), large
 (7), KVM's shadow-present (11), the PFN (12-51), and bit 63, which every non-present

@@ -1,4 +1,4 @@
-"""The TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) with mirror roots (MODEL §3).
+"""The TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) with mirror roots (docs/model.md §3).
 
 Functions carry the names of the kernel functions they model.  This is the TDP MMU of
 v6.19, the "before" order of the atomic update: freeze, call the TDX hook, write the new

@@ -1,4 +1,4 @@
-"""KVM's side of the TDX hooks (arch/x86/kvm/vmx/tdx.c, MODEL §4.3).
+"""KVM's side of the TDX hooks (arch/x86/kvm/vmx/tdx.c, docs/model.md §4.3).
 
 Mapping: BUSY becomes ``-EBUSY`` (the mirror is restored and the fault retried); any
 other error is ``TDX_BUG_ON``.  Removal goes BLOCK, TRACK plus a kick, REMOVE, WBINVD,

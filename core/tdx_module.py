@@ -1,4 +1,4 @@
-"""The simulated TDX module (MODEL §4): S-EPT, try-locks, epochs, zero-step, lifecycle.
+"""The simulated TDX module (docs/model.md §4): S-EPT, try-locks, epochs, zero-step, lifecycle.
 
 Every SEAMCALL is two operations of the scheduler: the first walks the S-EPT and
 try-takes every lock the call needs (returning ``TDX_OPERAND_BUSY`` at once if one is
@@ -47,7 +47,7 @@ from .tdx_errno import (
     TDX_TLB_TRACKING_NOT_DONE,
 )
 
-# S-EPT entry states (MODEL §4.2)
+# S-EPT entry states (docs/model.md §4.2)
 FREE = "FREE"
 NL_MAPPED = "NL_MAPPED"
 NL_BLOCKED = "NL_BLOCKED"
@@ -199,7 +199,7 @@ class TdxModule:
         # checks first when a result looks odd.  KVM sets "teardown".
         self.phase = PHASES[0]
         self.calls_by_phase: dict[str, dict[str, int]] = {p: {} for p in PHASES}
-        self.audit: list[tuple[int, str]] = []   # (MODEL §7 invariant number, message)
+        self.audit: list[tuple[int, str]] = []   # (docs/model.md §7 invariant number, message)
         self.audit_checked = 0                   # how much of it the checker has seen
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
 

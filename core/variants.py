@@ -98,16 +98,6 @@ class Variant:
         return any(c.get("same_change") and match(c["kind"], c["where"], c.get("path"))
                    for c in get("consequences") or ())
 
-    @property
-    def allowed_rows(self) -> frozenset[int]:
-        """Rows MODEL §5 allows on the mirror root in this variant (as designed)."""
-        rows = {1, 3, 12, 14}
-        if self.hugepages:
-            rows |= {8}
-        if self.opens_row:
-            rows.add(self.opens_row)
-        return frozenset(rows)
-
 
 _COMPOSED: dict[tuple, type] = {}
 REFACTOR = ("core.patches.refactor_2026",)
@@ -149,8 +139,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             **_BASE),
 )}
 
-AS_DESIGNED = ("v6.19", "refactor-2026", "hugepage-rfc")
-HUNTS = ("hunt-a1", "hunt-a2", "hunt-b", "hunt-c", "hunt-d")
+AS_DESIGNED = tuple(n for n, v in VARIANTS.items() if v.as_designed)
+# The hunts' identity, in one place: each hunt variant, the path it takes (a1 .. d) and
+# the row of seed 002's table it opens to the mirror root.
+HUNTS = tuple(n for n, v in VARIANTS.items() if v.hunt)
+HUNT_OF_ROW = {v.opens_row: n for n, v in VARIANTS.items() if v.hunt and v.opens_row}
+PATH_OF_ROW = {v.opens_row: v.hunt for v in VARIANTS.values() if v.hunt and v.opens_row}
 
 
 # Modules whose load_patch(name) knows variants that are not built in (patch files),

@@ -10,7 +10,8 @@ from typing import Any
 
 from core.oracle import EXPECTED, ROW_TEXT
 
-from .render import (
+from .confidence import confidence_text
+from .views import (
     command_text,
     rate,
     replay_command,
@@ -255,7 +256,7 @@ def _matrix(s: dict) -> list[str]:
          '<table id="matrix"><thead>'
          '<tr><th colspan="4" class="group">transition</th>'
          '<th colspan="3" class="group">observed</th>'
-         '<th colspan="2" class="group">expected (MODEL §5)</th></tr>'
+         '<th colspan="2" class="group">expected (docs/model.md §5)</th></tr>'
          '<tr><th>#</th><th>old</th><th>new</th><th>shared</th><th>hits</th>'
          '<th class="num">bug hits</th><th>findings</th>'
          '<th>mirror allowed</th><th>KVM_BUG_ON hittable</th></tr></thead><tbody>']
@@ -384,7 +385,6 @@ def _finding(n: int, f: dict, out: Path, lane: str | None) -> list[str]:
 
 def render_html(s: dict, out: Path, *, lanes: dict[str, str], resources: list[dict],
                 plots: list[Any], plots_note: str) -> str:
-    from .confidence import confidence_text
     body = _header(s, out) + _findings_table(s)
     body += _matrix(s)
     body += _seamcalls(s)

@@ -11,7 +11,7 @@ import io
 import re
 from typing import Any, NamedTuple
 
-from .render import timelines, with_rates
+from .views import timelines, with_rates
 
 KIND_COLOURS = {"KVM_BUG_ON": "#c62828", "TDX_BUG_ON": "#ef6c00", "BUG": "#6a1b9a",
                 "WARN": "#f9a825", "LOCKDEP": "#3949ab", "INVARIANT": "#00838f",

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write the DOM as Chromium parsed it")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from reports.render import ReportError, load_summary, write_reports
+    from reports.render import write_reports
+    from reports.rundir import ReportError, load_summary
     html = args.run_dir / "report.html"
     if not args.no_render:
         try:

@@ -24,20 +24,19 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from core import __version__
 from core.findings import Finding
-from core.oracle import ROW_TEXT
-from core.tdx_module import PHASES
+from reports import rundir
+from reports.summary import FindingAgg, Totals
 
 from .config import RunConfig
 from .repro import Repro, make_repro, write_repro
 from .runner import RunResult, hunt_stop, run_seed
 
-SUMMARY_SCHEMA = "tdx-stress/summary/1"
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 
 
@@ -103,7 +102,7 @@ def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool) -> list[dict]:
 
 def lane_task(repro: dict) -> str | None:
     """Worker entry point: the swim lane of one kept repro (for the reports)."""
-    from .swimlane import lane_for_repro
+    from .replay import lane_for_repro
     return lane_for_repro(repro)
 
 
@@ -132,61 +131,6 @@ class CampaignSpec:
     batch: int = 8
 
 
-@dataclass
-class FindingAgg:
-    signature: str
-    kind: str
-    path: str | None
-    row: int | None
-    message: str
-    count: int = 0               # seeds it fired in
-    occurrences: int = 0
-    first_seed: int = -1
-    first_elapsed_s: float = 0.0
-    repro: str = ""
-    where: str = ""              # the kernel/TDX function (and SEAMCALL, error) it came from
-    # what the first seed's run reported after this finding (core.findings: the first
-    # bug is the finding, what a bugged VM does next is its consequence)
-    consequences: list[dict] = field(default_factory=list)
-    consequences_total: int = 0
-
-    def to_dict(self) -> dict:
-        return {"signature": self.signature, "kind": self.kind, "path": self.path,
-                "row": self.row, "count": self.count, "occurrences": self.occurrences,
-                "first_seed": self.first_seed, "first_elapsed_s": round(self.first_elapsed_s, 3),
-                "repro": self.repro, "message": self.message, "where": self.where,
-                "consequences": self.consequences,
-                "consequences_total": self.consequences_total}
-
-
-@dataclass
-class Totals:
-    runs: int = 0
-    steps: int = 0
-    rows: list[int] = field(default_factory=lambda: [0] * 15)
-    bug_rows: list[int] = field(default_factory=lambda: [0] * 15)
-    attr_changes: int = 0
-    busy: dict[str, int] = field(default_factory=dict)
-    zero_step_arms: int = 0
-    # runs whose VM KVM killed without a bug (a Linux TD touching memory the VMM took),
-    # and the guests' MapGPA conversions
-    vm_killed: int = 0
-    map_gpa: int = 0
-    seeds_done: list[int] = field(default_factory=list)
-    # what the PCT bound of the report needs: the most threads a run had, PCT's k, and
-    # how many runs took more SEAMCALL windows than k (their tail got no change point)
-    threads_max: int = 0
-    pct_k_max: int = 0
-    pct_runs: int = 0           # runs PCT scheduled (all of them with --strategy pct)
-    sync_steps_sum: int = 0
-    sync_steps_max: int = 0
-    runs_past_k: int = 0
-    seamcalls: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {p: {} for p in PHASES})
-    rows_by_phase: dict[str, list[int]] = field(
-        default_factory=lambda: {p: [0] * 15 for p in PHASES})
-
-
 class Campaign:
     def __init__(self, spec: CampaignSpec, out: Path, argv: list[str],
                  log: Callable[[str], None] = lambda s: None,
@@ -211,8 +155,8 @@ class Campaign:
         self.timeline: list[dict] = []
         self.errors: list[str] = []
         self.worker_restarts = 0
-        (out / "findings").mkdir(parents=True, exist_ok=True)
-        self._events = open(out / "events.jsonl", "a", buffering=1)
+        (out / rundir.FINDINGS).mkdir(parents=True, exist_ok=True)
+        self._events = open(out / rundir.EVENTS, "a", buffering=1)
 
     # -------------------------------------------------------------- files
     def event(self, d: dict) -> None:
@@ -224,36 +168,18 @@ class Campaign:
         cfg = self.spec.config
         t = self.totals
         return {
-            "schema": SUMMARY_SCHEMA,
+            "schema": rundir.SUMMARY_SCHEMA,
             "tool_version": __version__,
             "argv": self.argv,
             "variant": cfg.variant, "mode": cfg.mode, "strategy": cfg.strategy,
             "depth": cfg.depth, "base_seed": self.spec.base_seed,
             "config": cfg.to_dict(),
             "shard": f"{self.spec.shard[0]}/{self.spec.shard[1]}",
-            "runs": t.runs, "steps": t.steps,
             "elapsed_s": round(time.monotonic() - self.t0, 3),
             "interrupted": self.interrupted,
             "stop_reason": self.stop_reason,
-            "rows": {str(i): {"hits": t.rows[i], "bug_hits": t.bug_rows[i],
-                              "old": ROW_TEXT[i][0], "new": ROW_TEXT[i][1],
-                              "shared": ROW_TEXT[i][2]} for i in range(1, 15)},
-            "attr_changes": t.attr_changes,
-            # SEAMCALLs (and the guest's TDCALLs) by TD phase, and rows by phase: the
-            # first thing to check when a result looks odd
-            "seamcalls": {p: dict(sorted(c.items())) for p, c in t.seamcalls.items()},
-            "rows_by_phase": {p: {str(i): r[i] for i in range(1, 15)}
-                              for p, r in t.rows_by_phase.items()},
-            "busy": dict(sorted(t.busy.items())),
-            "zero_step_arms": t.zero_step_arms,
             "guest": cfg.guest, "conversions": cfg.conversions,
-            "vm_killed_runs": t.vm_killed, "map_gpa_exits": t.map_gpa,
-            "seeds": _ranges(sorted(t.seeds_done)),
-            "threads_max": t.threads_max,
-            "pct": ({"k": t.pct_k_max, "depth": cfg.depth, "runs": t.pct_runs,
-                     "sync_steps_mean": round(t.sync_steps_sum / max(t.pct_runs, 1), 1),
-                     "sync_steps_max": t.sync_steps_max, "runs_past_k": t.runs_past_k}
-                    if t.pct_k_max else None),
+            **t.to_summary(depth=cfg.depth),
             "timeline": self.timeline,
             "findings": [f.to_dict() for f in sorted(self.findings.values(),
                                                      key=lambda f: f.first_seed)],
@@ -264,45 +190,16 @@ class Campaign:
         }
 
     def write_summary(self) -> None:
-        tmp = self.out / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary(), indent=1, sort_keys=True))
-        os.replace(tmp, self.out / "summary.json")
+        rundir.write_summary(self.out, self.summary())
 
     # -------------------------------------------------------------- results
     def record(self, s: dict) -> None:
         t = self.totals
-        t.runs += 1
-        t.steps += s["steps"]
-        t.seeds_done.append(s["seed"])
-        for i in range(15):
-            t.rows[i] += s["rows"][i]
-        t.attr_changes += s["attr_changes"]
-        t.zero_step_arms += s["zero_step_arms"]
-        t.vm_killed += bool(s.get("vm_killed"))
-        t.map_gpa += s.get("map_gpa", 0)
-        t.threads_max = max(t.threads_max, s["threads"])
-        if s["pct_k"]:
-            t.pct_k_max = max(t.pct_k_max, s["pct_k"])
-            t.pct_runs += 1
-            t.sync_steps_sum += s["sync_steps"]
-            t.sync_steps_max = max(t.sync_steps_max, s["sync_steps"])
-            t.runs_past_k += s["sync_steps"] > s["pct_k"]
-        for k, v in s["busy"].items():
-            t.busy[k] = t.busy.get(k, 0) + v
-        for phase, calls in s.get("seamcalls", {}).items():
-            into = t.seamcalls.setdefault(phase, {})
-            for name, n in calls.items():
-                into[name] = into.get(name, 0) + n
-        for phase, rows in s.get("rows_by_phase", {}).items():
-            into_rows = t.rows_by_phase.setdefault(phase, [0] * 15)
-            for i in range(15):
-                into_rows[i] += rows[i]
+        t.add_run(s)
         stop = hunt_stop(self.spec.config.variant)
         elapsed = time.monotonic() - self.t0
         for fd in s["findings"]:
-            f = Finding(fd["kind"], fd["where"], fd["message"], fd["row"], fd["path"],
-                        fd["step"], fd["thread"], fd["context"],
-                        fd.get("consequences", []), fd.get("consequences_total", 0))
+            f = Finding.from_dict(fd)
             sig = f.signature
             if f.kind in BUG_KINDS and f.row:
                 t.bug_rows[f.row] += 1
@@ -331,7 +228,7 @@ class Campaign:
 
     def _keep_repro(self, agg: FindingAgg, repro: dict, seed: int) -> None:
         old = agg.repro
-        path = write_repro(self.out / "findings", repro)
+        path = write_repro(self.out / rundir.FINDINGS, repro)
         agg.repro = str(path.relative_to(self.out))
         agg.first_seed = seed
         self.repros[agg.signature] = repro
@@ -502,7 +399,6 @@ class Campaign:
     def _lanes_all(self, ctx) -> None:
         """Draw each kept finding's swim lane beside its repro (``X.lane.txt``), so the
         reports can show it without running the machine (15 replays: about 0.2 s)."""
-        from reports.render import lane_path
         with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
                                  initializer=_worker_init) as pool:
             futs = {sig: pool.submit(lane_task, d) for sig, d in self.repros.items()}
@@ -515,14 +411,10 @@ class Campaign:
                 if lane is None:
                     self.log(f"the repro of {sig} did not replay; no swim lane stored")
                     continue
-                dest = self.out / lane_path(self.findings[sig].repro)
-                tmp = dest.with_name(dest.name + ".tmp")
-                tmp.write_text(lane + "\n")
-                os.replace(tmp, dest)
+                rundir.write_lane(self.out, self.findings[sig].repro, lane)
 
     def _unlink_repro(self, rel: str) -> None:
-        from reports.render import lane_path
-        for p in (self.out / rel, self.out / lane_path(rel)):
+        for p in (self.out / rel, self.out / rundir.lane_path(rel)):
             try:
                 p.unlink()
             except OSError:
@@ -541,7 +433,7 @@ class Campaign:
                     continue
                 agg = self.findings[sig]
                 old = agg.repro
-                path = write_repro(self.out / "findings", shrunk)
+                path = write_repro(self.out / rundir.FINDINGS, shrunk)
                 agg.repro = str(path.relative_to(self.out))
                 self.repros[sig] = shrunk
                 if (self.out / old).resolve() != path.resolve():
@@ -568,14 +460,4 @@ def _shutdown(pool: ProcessPoolExecutor) -> None:
         p.join(5)
 
 
-def _ranges(xs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for x in xs:
-        if out and out[-1][1] == x - 1:
-            out[-1][1] = x
-        else:
-            out.append([x, x])
-    return out
-
-
-__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary", "SUMMARY_SCHEMA"]
+__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary"]

@@ -1,4 +1,4 @@
-"""The ``tdx-stress`` command line (DESIGN.md: the contract).
+"""The ``tdx-stress`` command line (docs/contract.md: the contract).
 
 Every error a user can cause is one sentence on stderr and exit code 2; an internal
 error is one sentence and exit 3 (the traceback goes to the run's log, not the screen);
@@ -7,24 +7,34 @@ exit codes live in :class:`ExitCode` and are mapped here only.  ``main`` returns
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import sys
 import traceback
 from dataclasses import replace
 from enum import IntEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 from core import __version__
 from core.variants import AS_DESIGNED, VARIANTS, UnknownVariant, Variant, get_variant
-from reports.render import ReportError
+from reports.markdown import text_summary
+from reports.rundir import JUNIT, LOG, SUMMARY, ReportError
 
-from .config import CONVERSIONS, GUESTS, MODES, STRATEGIES, ConfigError, RunConfig
+from .config import (
+    CONVERSIONS,
+    GUESTS,
+    MODES,
+    SEED_ENV,
+    STRATEGIES,
+    ConfigError,
+    RunConfig,
+    make_out_dir,
+    positive_int,
+    resolve_seed,
+    seconds,
+    shard,
+)
 from .repro import ReproError
-
-SEED_ENV = "TDX_STRESS_SEED"
 
 
 class ExitCode(IntEnum):
@@ -45,58 +55,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"tdx-stress: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return v
+def _arg(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type over one of :mod:`stress.config`'s validators."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = check.__name__
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return v
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not of the form i/N") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"shard {text!r} needs N >= 1 and 0 <= i < N")
-    return i, n
+_positive_int, _seconds, _shard = _arg(positive_int), _arg(seconds), _arg(shard)
+_D = RunConfig()        # the defaults of every run option are RunConfig's
 
 
 def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
     g = p.add_argument_group("what to run")
-    g.add_argument("--variant", default="hugepage-rfc",
-                   help=f"kernel variant (default hugepage-rfc): {', '.join(VARIANTS)}")
-    g.add_argument("--mode", default="controlled", choices=MODES)
-    g.add_argument("--strategy", default="portfolio", choices=STRATEGIES,
+    g.add_argument("--variant", default=_D.variant,
+                   help=f"kernel variant (default {_D.variant}): {', '.join(VARIANTS)}")
+    g.add_argument("--mode", default=_D.mode, choices=MODES)
+    g.add_argument("--strategy", default=_D.strategy, choices=STRATEGIES,
                    help="controlled mode: pct, random, or portfolio (default: pct on even "
                         "seeds, random on odd ones)")
-    g.add_argument("--depth", type=int, default=3, help="PCT depth (default 3)")
+    g.add_argument("--depth", type=int, default=_D.depth, help=f"PCT depth (default {_D.depth})")
     g.add_argument("--seed", default=None,
                    help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
     b = g.add_mutually_exclusive_group()
     b.add_argument("--seeds", type=_positive_int, default=None, help="run this many seeds")
     b.add_argument("--duration", type=_seconds, default=None,
                    help=f"run for this many seconds (default {duration:g})")
-    g.add_argument("--vcpus", type=int, default=2)
-    g.add_argument("--zappers", type=int, default=2)
-    g.add_argument("--ops", type=int, default=10, help="zapper operations per zapper")
-    g.add_argument("--busy-rate", type=float, default=0.0,
+    g.add_argument("--vcpus", type=int, default=_D.vcpus)
+    g.add_argument("--zappers", type=int, default=_D.zappers)
+    g.add_argument("--ops", type=int, default=_D.ops, help="zapper operations per zapper")
+    g.add_argument("--busy-rate", type=float, default=_D.busy_rate,
                    help="extra random BUSY on top of the modelled contention (0..1)")
-    g.add_argument("--max-steps", type=int, default=200_000)
-    g.add_argument("--guest", default="linux", choices=GUESTS,
+    g.add_argument("--max-steps", type=int, default=_D.max_steps)
+    g.add_argument("--guest", default=_D.guest, choices=GUESTS,
                    help="the guest: a Linux TD (default) or one that accepts on #VE "
                         "(ve-accept, a what-if)")
     g.add_argument("--conversions", default=None, choices=CONVERSIONS,
@@ -170,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many seconds to catch the canary (default 120)")
     n.add_argument("--seed", default=None,
                    help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
-    n.add_argument("--strategy", default="portfolio", choices=STRATEGIES)
-    n.add_argument("--depth", type=int, default=3)
-    n.add_argument("--busy-rate", type=float, default=0.0)
-    n.add_argument("--guest", default="linux", choices=GUESTS,
+    n.add_argument("--strategy", default=_D.strategy, choices=STRATEGIES)
+    n.add_argument("--depth", type=int, default=_D.depth)
+    n.add_argument("--busy-rate", type=float, default=_D.busy_rate)
+    n.add_argument("--guest", default=_D.guest, choices=GUESTS,
                    help="the guest of every campaign (linux: with MapGPA conversions)")
     n.add_argument("--workers", type=_positive_int, default=1)
     n.add_argument("--out", default=None,
@@ -203,41 +198,6 @@ def _variant_list(text: str) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- helpers
-def resolve_seed(flag: str | None) -> tuple[int, str]:
-    """Flag, then environment, then fresh (PRACTICES: one documented precedence)."""
-    for source, text in (("--seed", flag), (f"${SEED_ENV}", os.environ.get(SEED_ENV) or None)):
-        if text is None:          # an empty $TDX_STRESS_SEED (a CI input left blank) is unset
-            continue
-        try:
-            v = int(text, 0)
-        except ValueError:
-            raise UsageError(f"the seed from {source} ({text!r}) is not an integer") from None
-        if v < 0:
-            raise UsageError(f"the seed from {source} ({text!r}) must not be negative")
-        return v, source
-    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF, "fresh"
-
-
-def make_out_dir(flag: str | None) -> Path:
-    if flag is None:
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        out = Path("tdx-stress-runs") / stamp
-        n = 1
-        while out.exists():
-            out = Path("tdx-stress-runs") / f"{stamp}-{n}"
-            n += 1
-    else:
-        out = Path(flag)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot use {out} as the run directory: {e.strerror or e}") from None
-    return out
-
-
 def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
     from loguru import logger
     logger.remove()
@@ -245,7 +205,7 @@ def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
     logger.add(sys.stderr, level=level, format="<level>{message}</level>", colorize=None)
     if out is not None:
         rotation, retention = ("20 MB", 5) if rotate else (None, None)
-        logger.add(out / "log.txt", level="DEBUG",
+        logger.add(out / LOG, level="DEBUG",
                    format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {message}",
                    rotation=rotation, retention=retention)
         logger.add(out / "log.jsonl", level="DEBUG", serialize=True, rotation=rotation,
@@ -302,28 +262,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         return ExitCode.INTERRUPTED
     if summary["errors"]:
         log.error(f"internal error: {len(summary['errors'])} batch(es) failed; first: "
-                  f"{summary['errors'][0]} (all in {out / 'summary.json'})")
+                  f"{summary['errors'][0]} (all in {out / SUMMARY})")
         return ExitCode.INTERNAL
     return ExitCode.FINDING if summary["findings"] else ExitCode.OK
-
-
-def text_summary(s: dict, out: Path) -> str:
-    lines = [f"{s['variant']}: {s['runs']} runs, {s['steps']} steps in {s['elapsed_s']:.1f} s "
-             f"({s['runs'] / max(s['elapsed_s'], 1e-9):.1f} runs/s), stopped by "
-             f"{s['stop_reason'] or 'end'}"]
-    rows = [f"{i}:{r['hits']}" + (f"(bug {r['bug_hits']})" if r["bug_hits"] else "")
-            for i, r in s["rows"].items() if r["hits"] or r["bug_hits"]]
-    lines.append("rows hit: " + (" ".join(rows) or "none"))
-    lines.append("BUSY by source: " + (", ".join(f"{k} {v}" for k, v in s["busy"].items())
-                                       or "none"))
-    if not s["findings"]:
-        lines.append("no findings")
-    for f in s["findings"]:
-        lines.append(f"FINDING {f['kind']} path={f['path'] or '-'} row={f['row'] or '-'} "
-                     f"in {f['count']} run(s), first seed {f['first_seed']}: {f['message']}")
-        lines.append(f"  replay: tdx-stress replay {out / f['repro']}")
-    lines.append(f"run directory: {out}")
-    return "\n".join(lines)
 
 
 def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
@@ -335,9 +276,8 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
         except UnknownVariant:
             raise UsageError(f"unknown canary variant {canary!r}; valid variants: "
                              f"{', '.join(VARIANTS)}, a patch file, or none") from None
-    shared = dict(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate,
-                  guest=args.guest)
-    RunConfig(**shared).validate()            # bad values: one sentence, before any run
+    shared = RunConfig(strategy=args.strategy, depth=args.depth, busy_rate=args.busy_rate,
+                       guest=args.guest).validate()   # bad values: one sentence, before any run
     seed, source = resolve_seed(args.seed)
     duration = None if args.seeds else (args.duration or 120.0)
     if args.out is not None and (Path(args.out) / "nightly.json").exists():
@@ -362,7 +302,7 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
         progress=None if args.quiet else (lambda line: log.info(f"heartbeat {line}")),
         on_campaign=on_campaign)
     if args.junit:
-        Path(args.junit).write_text((out / "junit.xml").read_text())
+        Path(args.junit).write_text((out / JUNIT).read_text())
     for e in entries:
         print(f"{e.role:>11} {e.variant:<14} {e.summary['runs']:>7} runs "
               f"{e.summary['elapsed_s']:>7.1f} s  {'ok  ' if e.ok else 'FAIL'} {e.verdict}")
@@ -379,32 +319,33 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from reports.swimlane import render
+
+    from .replay import replay
     from .repro import load_repro
-    from .swimlane import render, replay_repro
     rp = load_repro(args.file)
     ok = 0
     last = None
     for i in range(args.times):
-        r = replay_repro(rp)
-        last = r
-        hit = [f for f in r.findings if f.signature == rp.signature]
+        got = replay(rp)
+        last = got
+        r = got.run
         if r.divergence:
             print(f"replay {i + 1}/{args.times} diverged: {r.divergence}")
             return ExitCode.DIVERGED
-        if not hit:
+        if got.hit is None:
             print(f"replay {i + 1}/{args.times} did not reproduce {rp.signature} "
                   f"(expected at step {rp.step}; findings: "
                   f"{[f.signature for f in r.findings] or 'none'})")
             return ExitCode.DIVERGED
-        if hit[0].step != rp.step:
-            print(f"replay {i + 1}/{args.times} fired {rp.signature} at step {hit[0].step}, "
-                  f"not at step {rp.step}")
+        if not got.same_step:
+            print(f"replay {i + 1}/{args.times} fired {rp.signature} at step "
+                  f"{got.hit.step}, not at step {rp.step}")
             return ExitCode.DIVERGED
         ok += 1
-    assert last is not None
-    hit0 = next(f for f in last.findings if f.signature == rp.signature)
+    assert last is not None and last.hit is not None
     if args.lanes:
-        print(render(last.step_log, last.threads, hit0, last=args.lanes))
+        print(render(last.run.step_log, last.run.threads, last.hit, last=args.lanes))
     print(f"reproduced {rp.signature} at step {rp.step}: {ok} of {args.times}")
     return ExitCode.FINDING
 
@@ -436,7 +377,9 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.render import load_summary, merge_summaries, write_reports
+    from reports.render import write_reports
+    from reports.rundir import copy_findings, load_summary
+    from reports.summary import merge_summaries
     summaries = [load_summary(Path(d)) for d in args.dirs]
     merged = merge_summaries(summaries) if len(summaries) > 1 else summaries[0]
     out = Path(args.out) if args.out else Path(args.dirs[0])
@@ -444,9 +387,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UsageError("merging several run directories needs -o DIR")
         out = make_out_dir(args.out)
-        from reports.render import copy_findings
         copy_findings([Path(d) for d in args.dirs], merged, out)
-        (out / "summary.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+        from reports.rundir import write_summary
+        write_summary(out, merged)
     write_reports(merged, out, junit=Path(args.junit) if args.junit else None)
     print(text_summary(merged, out))
     return ExitCode.FINDING if merged["findings"] else ExitCode.OK

@@ -1,4 +1,7 @@
-"""The configuration of a run and the seed streams it draws from.
+"""The configuration of a run and the seed streams it draws from; the one home of the
+settings' checks (the CLI's argparse types and the pytest plugin's options are thin
+adapters over the validators here), of the base seed's precedence and of the run
+directory's default.
 
 One seed decides everything.  It is split into named streams (workload, schedule, busy
 injection, free-mode stalls), each a ``random.Random`` seeded from a string, which Python
@@ -7,8 +10,11 @@ hashes with SHA-512: the same on every run, process and machine, and independent
 """
 from __future__ import annotations
 
+import datetime as _dt
+import os
 import random
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from core.variants import get_variant
 
@@ -33,6 +39,85 @@ def default_conversions(guest: str) -> str:
 
 class ConfigError(ValueError):
     """A configuration that makes no sense; the message is one sentence for the user."""
+
+
+SEED_ENV = "TDX_STRESS_SEED"
+
+
+def whole(text: str) -> int:
+    """A whole number (``--depth``)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (``--seeds``, ``--workers``)."""
+    v = whole(text)
+    if v < 1:
+        raise ConfigError(f"{text!r} must be at least 1")
+    return v
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds (``--duration``, ``--checkpoint``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise ConfigError(f"{text!r} must be a positive number of seconds")
+    return v
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``i/N``: slice i of N of a campaign."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not of the form i/N") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"shard {text!r} needs N >= 1 and 0 <= i < N")
+    return i, n
+
+
+def resolve_seed(flag: str | None) -> tuple[int, str]:
+    """The base seed and where it came from: the flag, then ``$TDX_STRESS_SEED``, then a
+    fresh one (one documented precedence, docs/contract.md)."""
+    for source, text in (("--seed", flag), (f"${SEED_ENV}", os.environ.get(SEED_ENV) or None)):
+        if text is None:          # an empty $TDX_STRESS_SEED (a CI input left blank) is unset
+            continue
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise ConfigError(f"the seed from {source} ({text!r}) is not an integer") from None
+        if v < 0:
+            raise ConfigError(f"the seed from {source} ({text!r}) must not be negative")
+        return v, source
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF, "fresh"
+
+
+def make_out_dir(flag: str | None) -> Path:
+    """The run directory: ``flag``, else ``./tdx-stress-runs/<UTC stamp>``; made and
+    checked writable."""
+    if flag is None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = Path("tdx-stress-runs") / stamp
+        n = 1
+        while out.exists():
+            out = Path("tdx-stress-runs") / f"{stamp}-{n}"
+            n += 1
+    else:
+        out = Path(flag)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot use {out} as the run directory: {e.strerror or e}") from None
+    return out
 
 
 @dataclass(frozen=True)

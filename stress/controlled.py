@@ -7,10 +7,11 @@ thread performs its step and runs on to its next yield point.  Waiting is modell
 thread whose operation is not ready is not runnable.  No runnable thread left while some
 have not finished is a DEADLOCK; running past ``max_steps`` is a HANG.
 
-Strategies are small objects with ``choose(sched, runnable) -> thread index`` (Shuttle's
-split of runtime and strategy): :class:`RandomStrategy`, :class:`PCTStrategy`,
-:class:`ReplayStrategy` (follow a recorded schedule, report divergence) and
-:class:`ScriptStrategy` (tests decide the interleaving).
+Who runs next is a strategy's choice (:mod:`stress.strategies`: Shuttle's split of
+runtime and strategy), made through a read-only :class:`SchedulerView`.  What a run
+leaves besides its decisions (the trace hash, the step log, the preemption count, the
+decision items) is kept by instruments (:class:`Instrument`, after Trio's), told of every
+decision and every step; they never change what runs.
 
 Example::
 
@@ -20,15 +21,17 @@ Example::
 """
 from __future__ import annotations
 
-import random
 import sys
 import threading
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from core.findings import Recorder
 from core.sched import YIELD_HINTS, Abort, ThreadCtx, mix, set_current
+
+if TYPE_CHECKING:
+    from .strategies import Strategy
 
 T = TypeVar("T")
 
@@ -51,6 +54,11 @@ class Step:
     result: object = None
 
 
+class EndOfSchedule(Exception):
+    """Raised by a strategy that has nothing more to run (a free run's trace is used up):
+    the run ends there, with this as its reason."""
+
+
 class _Thread:
     __slots__ = ("index", "name", "fn", "ctx", "baton", "thread", "label", "arg", "ready",
                  "finished", "error", "started")
@@ -71,29 +79,169 @@ class _Thread:
         self.started = False
 
 
-class ControlledScheduler:
-    """Runs model threads one at a time under a strategy; see the module docstring."""
+class SchedulerView:
+    """What a strategy may read of a controlled run, and nothing it could change."""
+    __slots__ = ("_s",)
 
-    def __init__(self, strategy: "Strategy", *, max_steps: int = 200_000,
+    def __init__(self, sched: "ControlledScheduler") -> None:
+        self._s = sched
+
+    @property
+    def step(self) -> int:
+        return self._s.step
+
+    @property
+    def current(self) -> int | None:
+        """The thread giving up the baton (None at the start)."""
+        cur = self._s.current
+        return cur.index if cur is not None else None
+
+    @property
+    def current_label(self) -> str:
+        """The operation the current thread is about to take ("" at the start)."""
+        cur = self._s.current
+        return cur.label if cur is not None else ""
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self._s.threads]
+
+    def label(self, i: int) -> str:
+        """Thread ``i``'s next operation."""
+        return self._s.threads[i].label
+
+    def last_op(self, i: int) -> str:
+        """The operation thread ``i`` took last."""
+        return self._s.threads[i].ctx.op
+
+    def started(self, i: int) -> bool:
+        return self._s.threads[i].started
+
+    def finished(self, i: int) -> bool:
+        return self._s.threads[i].finished
+
+
+class Instrument:
+    """An observer of a controlled run (Trio's ``Instrument``): told of every decision and
+    every step taken, it keeps what it is for and never changes what runs."""
+
+    def decided(self, current: int | None, yielding: bool, chosen: int,
+                runnable: list[int], item: int) -> None:
+        """``chosen`` was picked among ``runnable`` when ``current`` gave up the baton
+        (None at the start; ``yielding``: at a spin hint); ``item`` is the chosen
+        thread's ``ctx.item`` (the workload item it is in, -1 before it started)."""
+
+    def step_taken(self, step: int, thread: int, label: str, arg: object,
+                   result: object) -> None:
+        """Thread ``thread`` took operation ``label`` as step ``step``."""
+
+
+class TraceHash(Instrument):
+    """A running hash of (thread, operation) of every step: two runs with the same hash
+    took the same steps in the same order."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def step_taken(self, step: int, thread: int, label: str, arg: object,
+                   result: object) -> None:
+        self.value = mix(self.value, thread, label)
+
+
+class StepLog(Instrument):
+    """Every step (:class:`Step`), for swim lanes and the shrinker."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def step_taken(self, step: int, thread: int, label: str, arg: object,
+                   result: object) -> None:
+        self.steps.append(Step(step, thread, label, arg, result))
+
+
+class Preemptions(Instrument):
+    """Switches away from a thread that could have gone on (a switch at a spin hint is
+    the thread yielding, not a preemption)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def decided(self, current: int | None, yielding: bool, chosen: int,
+                runnable: list[int], item: int) -> None:
+        if current is not None and chosen != current and not yielding \
+                and current in runnable:
+            self.count += 1
+
+
+class DecisionItems(Instrument):
+    """The workload item the chosen thread was in at every decision (the shrinker maps
+    decisions back to operations with it)."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+    def decided(self, current: int | None, yielding: bool, chosen: int,
+                runnable: list[int], item: int) -> None:
+        self.items.append(item)
+
+
+class ControlledScheduler:
+    """Runs model threads one at a time under a strategy; see the module docstring.
+    ``record_steps`` adds the step log and the decision items to the instruments that
+    every run has (trace hash, preemptions); ``instruments`` adds others."""
+
+    def __init__(self, strategy: Strategy, *, max_steps: int = 200_000,
                  recorder: Recorder | None = None, record_steps: bool = True,
-                 stop_on: Callable[[object], bool] | None = None) -> None:
+                 instruments: Sequence[Instrument] = ()) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
         self.rec = recorder
-        self.record_steps = record_steps
         self.step = 0
         self.schedule: list[int] = []       # the thread chosen at every decision
-        self.items: list[int] = []          # with record_steps: the chosen thread's ctx.item
-        self.steps: list[Step] = []
         self.threads: list[_Thread] = []
         self.current: _Thread | None = None
         self.aborting = False
         self.abort_reason = ""
         self._all_done = threading.Event()
-        self._stop_on = stop_on
         self.divergence: ScheduleDiverged | None = None
-        self.preemptions = 0                # switches away from a thread that could go on
-        self.trace_hash = 0                 # running hash of (thread, label) of every step
+        self.view = SchedulerView(self)
+        self._hash, self._preempt = TraceHash(), Preemptions()
+        self._log = StepLog() if record_steps else None
+        self._items = DecisionItems() if record_steps else None
+        self.instruments: list[Instrument] = [
+            i for i in (self._hash, self._preempt, self._log, self._items, *instruments)
+            if i is not None]
+        self._on_decide = [i for i in self.instruments
+                           if type(i).decided is not Instrument.decided]
+        self._on_step = [i for i in self.instruments
+                         if type(i).step_taken is not Instrument.step_taken]
+        if recorder is not None:
+            recorder.use_clock(lambda: self.step)
+
+    # what the built-in instruments kept
+    @property
+    def trace_hash(self) -> int:
+        return self._hash.value
+
+    @property
+    def preemptions(self) -> int:
+        return self._preempt.count
+
+    @property
+    def steps(self) -> list[Step]:
+        return self._log.steps if self._log is not None else []
+
+    @property
+    def items(self) -> list[int]:
+        return self._items.items if self._items is not None else []
+
+    @property
+    def decisions(self) -> list[int]:
+        """What replays this run: the thread chosen at every decision."""
+        return self.schedule
+
+    def thread_contexts(self) -> list[ThreadCtx]:
+        return [t.ctx for t in self.threads]
 
     # ------------------------------------------------------------------ running
     def run(self, threads: Sequence[tuple[str, Callable[[], None]]],
@@ -151,20 +299,26 @@ class ControlledScheduler:
                     self._deadlock()
                     nxt = next((t for t in self.threads if not t.finished), None)
             else:
+                indexes = [t.index for t in runnable]
                 try:
-                    idx = self.strategy.choose(self, [t.index for t in runnable])
+                    idx = self.strategy.choose(self.view, indexes)
                 except ScheduleDiverged as d:
                     self.divergence = d
                     self._abort(str(d))
-                    idx = runnable[0].index
+                    idx = indexes[0]
+                except EndOfSchedule as e:
+                    self._abort(str(e))
+                    idx = indexes[0]
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
-                if self.record_steps:
-                    self.items.append(nxt.ctx.item if nxt.started else -1)
-                if me is not None and nxt is not me and me.label not in YIELD_HINTS \
-                        and any(t is me for t in runnable):
-                    # a switch at a spin hint is the thread yielding, not a preemption
-                    self.preemptions += 1
+                item = nxt.ctx.item if nxt.started else -1
+                if me is None:
+                    for ins in self._on_decide:
+                        ins.decided(None, False, idx, indexes, item)
+                else:
+                    yielding = me.label in YIELD_HINTS
+                    for ins in self._on_decide:
+                        ins.decided(me.index, yielding, idx, indexes, item)
         if nxt is None:
             self.current = None
             self._all_done.set()
@@ -196,10 +350,9 @@ class ControlledScheduler:
         me.ctx.op = label
         self.step += 1
         me.ctx.last_step = self.step
-        self.trace_hash = mix(self.trace_hash, me.index, label)
         result = fn()
-        if self.record_steps:
-            self.steps.append(Step(self.step, me.index, label, arg, result))
+        for ins in self._on_step:
+            ins.step_taken(self.step, me.index, label, arg, result)
         if self.step >= self.max_steps and not self.aborting:
             self._hang()
             raise Abort()
@@ -270,227 +423,3 @@ def rle(xs: Sequence[int]) -> list[list[int]]:
     return out
 
 
-class Strategy:
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        raise NotImplementedError
-
-
-class RandomStrategy(Strategy):
-    """Uniform random walk over the runnable threads."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        return runnable[0] if len(runnable) == 1 else self.rng.choice(runnable)
-
-
-def is_sync(label: str) -> bool:
-    """Where PCT may place a priority change: the second step of a SEAMCALL or TDCALL,
-    i.e. the thread holds the module's locks and is about to apply the effect.
-
-    Every BUSY of the TDX module comes from a thread parked in such a window, so these
-    are the preemptions that expose the races the tool hunts; counting only them keeps
-    PCT's k (and so its bound 1/(n*k^(d-1))) small.  Plain SPTE reads, the bulk of the
-    steps, would dilute the change points without exposing anything new.
-    """
-    return label.startswith(("TDH.", "TDG.")) and not label.endswith(":lock")
-
-
-BURST = 64   # most steps another thread gets at a spin hint
-
-
-class PCTStrategy(Strategy):
-    """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
-
-    Threads get distinct random priorities; the highest-priority runnable thread runs.
-    ``depth - 1`` change points are drawn uniformly over the first ``max_steps``
-    SEAMCALL windows (:func:`is_sync`); at each, the thread about to finish that
-    SEAMCALL drops below every other, holding the module's locks.  (``sync`` chooses
-    which steps count; None counts every step, the textbook algorithm.)  A bug of
-    depth d in a run of k such steps with n threads is found with probability at
-    least 1/(n * k^(d-1)).  At a spin hint (``cpu_relax``/``cond_resched``) a random
-    other thread gets a burst of up to 64 steps, so a spin-wait cannot starve the thread
-    it waits for.
-    """
-
-    def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000,
-                 sync: Callable[[str], bool] | None = None) -> None:
-        self.rng = rng
-        self.sync = sync
-        self.depth = depth
-        self.max_steps = max_steps
-        self.priorities: dict[int, float] = {}
-        self.change_points = sorted(rng.randrange(1, max(2, max_steps))
-                                    for _ in range(max(0, depth - 1)))
-        self.sync_steps = 0
-        self._low = 0.0
-        self._burst = 0          # steps left in a spin hint's burst
-        self._burst_to = -1
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        for i in runnable:
-            if i not in self.priorities:
-                # fresh threads get a random priority above every changed one
-                self.priorities[i] = 1.0 + self.rng.random()
-        cur = sched.current
-        if cur is not None and (self.sync is None or self.sync(cur.label)):
-            self.sync_steps += 1
-            while self.change_points and self.sync_steps >= self.change_points[0]:
-                self.change_points.pop(0)
-                if cur.index in self.priorities:
-                    self._demote(cur.index)
-        if self._burst and self._burst_to in runnable:
-            self._burst -= 1
-            return self._burst_to
-        self._burst = 0
-        if cur is not None and cur.label in YIELD_HINTS and len(runnable) > 1:
-            # A spinning thread waits for others.  Give a random other thread a burst of
-            # steps, then come back: the spinner keeps its priority (so it really spins,
-            # as a vCPU bouncing off an invalid memslot does until zero-step arms), and
-            # the others progress as they would on other CPUs (so no spin livelocks).
-            others = [i for i in runnable if i != cur.index]
-            self._burst_to = others[0] if len(others) == 1 else self.rng.choice(others)
-            self._burst = self.rng.randrange(0, BURST)
-            return self._burst_to
-        return max(runnable, key=lambda i: self.priorities[i])
-
-    def _demote(self, index: int) -> None:
-        self._low -= 1.0
-        self.priorities[index] = self._low
-
-
-def keep_running(sched: ControlledScheduler, runnable: list[int]) -> int:
-    """Lenient replay's choice where the schedule says nothing (it ended, or names a
-    thread that cannot run): no preemption, so the running thread goes on; but a thread
-    at a spin hint yields to the next runnable thread in index order, as a spinning CPU
-    lets the others progress.  (Keeping a spinner would livelock it into a false HANG
-    after thousands of steps, the shrinker's commonest waste.)"""
-    cur = sched.current
-    if cur is None or cur.index not in runnable:
-        return runnable[0]
-    if cur.label in YIELD_HINTS and len(runnable) > 1:
-        later = [i for i in runnable if i > cur.index]
-        return later[0] if later else runnable[0]
-    return cur.index
-
-
-class ReplayStrategy(Strategy):
-    """Follow a recorded schedule exactly; diverge loudly if it cannot be followed.
-
-    With ``lenient=True`` (the shrinker's mode) a decision that cannot be followed takes
-    the thread that ran last if it can go on, else the lowest runnable one, so that any
-    edited schedule is a valid one; ``followed`` counts the decisions taken as written.
-    """
-
-    def __init__(self, schedule: Sequence[int], then: Strategy | None = None,
-                 lenient: bool = False) -> None:
-        self.schedule = list(schedule)
-        self.pos = 0
-        self.then = then
-        self.lenient = lenient
-        self.followed = 0
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        if self.pos >= len(self.schedule):
-            if self.then is not None:
-                return self.then.choose(sched, runnable)
-            if self.lenient:
-                return keep_running(sched, runnable)
-            cur = sched.current
-            return cur.index if cur is not None and cur.index in runnable else runnable[0]
-        want = self.schedule[self.pos]
-        self.pos += 1
-        if want not in runnable and self.lenient:
-            return keep_running(sched, runnable)
-        if want in runnable:
-            self.followed += 1
-        if want not in runnable:
-            names = sched.thread_names()
-            who = names[want] if want < len(names) else f"#{want}"
-            raise ScheduleDiverged(sched.step, f"schedule wants {who}, which is not runnable "
-                                   f"(runnable: {[names[i] for i in runnable]})")
-        return want
-
-
-class RunReplayStrategy(Strategy):
-    """Lenient replay by runs: the schedule read as "give thread T its next n steps".
-
-    An edited workload changes how many steps a thread takes; positional replay then
-    shifts every later decision of every thread, while replay by runs keeps the other
-    threads' runs where they were.  A run whose thread cannot go on is cut short.  The
-    shrinker's first try for a candidate.
-    """
-
-    def __init__(self, schedule: Sequence[int]) -> None:
-        runs = rle(schedule)
-        self.runs = runs
-        self.i = 0
-        self.left = runs[0][1] if runs else 0
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        while self.i < len(self.runs):
-            t = self.runs[self.i][0]
-            if self.left > 0 and t in runnable:
-                self.left -= 1
-                return t
-            self.i += 1
-            if self.i < len(self.runs):
-                self.left = self.runs[self.i][1]
-        return keep_running(sched, runnable)
-
-
-class ScriptStrategy(Strategy):
-    """A test decides the interleaving, step by step (Trio's Sequencer, for threads).
-
-    ``script`` is a list of directives, each a tuple:
-
-    * ``("until", name, label)``: run ``name`` until its next operation is ``label``
-      (that operation is not taken yet);
-    * ``("through", name, label)``: run ``name`` until it has taken ``label``;
-    * ``("steps", name, n)``: run ``name`` for ``n`` operations;
-    * ``("finish", name)``: run ``name`` until it ends.
-
-    After the script, threads run to the end in order of their index.  A directive that
-    names a thread which cannot run raises :class:`ScheduleDiverged`, unless ``strict`` is
-    false: then the lowest-index runnable thread goes until the named one can run (so one
-    script can be applied to variants where a lock makes that thread wait).
-    """
-
-    def __init__(self, script: Sequence[tuple], strict: bool = True) -> None:
-        self.strict = strict
-        self.script = list(script)
-        self.pos = 0
-        self.count = 0
-        self._taken_label: str | None = None
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        names = sched.thread_names()
-        while self.pos < len(self.script):
-            d = self.script[self.pos]
-            kind, name = d[0], d[1]
-            idx = names.index(name)
-            t = sched.threads[idx]
-            done = False
-            if kind == "until":
-                done = t.finished or t.label == d[2]
-            elif kind == "through":
-                done = t.finished or (t.ctx.op == d[2] and self.count > 0)
-            elif kind == "steps":
-                done = self.count >= d[2] or t.finished
-            elif kind == "finish":
-                done = t.finished
-            else:
-                raise ValueError(f"unknown directive {d!r}")
-            if done:
-                self.pos += 1
-                self.count = 0
-                continue
-            if idx not in runnable:
-                if not self.strict:
-                    return runnable[0]
-                raise ScheduleDiverged(sched.step, f"script directive {d!r}: {name} is not "
-                                       f"runnable (at {t.label})")
-            self.count += 1
-            return idx
-        return runnable[0]

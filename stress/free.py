@@ -5,7 +5,8 @@ The GIL switch interval is lowered and short seeded stalls are injected at yield
 interleaving.  Each operation still runs atomically under one machine-wide condition and
 takes a global sequence number *inside* that atomic section, so the run leaves a
 linearised trace: the thread that took every step, in order.  A failing free run is
-replayed exactly by the controlled scheduler following that trace (:class:`TraceStrategy`).
+replayed exactly by the controlled scheduler following that trace
+(:class:`stress.strategies.TraceStrategy`).
 
 Waiting is real here (a condition wait), and a deadlock is still exact, not a time-out:
 when every live thread waits on an operation that is not ready, nobody can make one
@@ -22,7 +23,7 @@ from typing import Callable, Sequence, TypeVar
 from core.findings import Recorder
 from core.sched import Abort, ThreadCtx, current, mix, set_current
 
-from .controlled import ControlledScheduler, ScheduleDiverged, Strategy
+from .controlled import Step
 
 T = TypeVar("T")
 
@@ -54,6 +55,27 @@ class FreeScheduler:
         self._stalls: dict[int, random.Random] = {}
         self.names: list[str] = []
         self.errors: list[tuple[str, BaseException]] = []
+        # what a controlled run also reports, for one interface: free runs are neither
+        # diverged nor preempted by a strategy, and have no decision items
+        self.divergence = None
+        self.preemptions = 0
+        self.items: list[int] = []
+        if recorder is not None:
+            recorder.use_clock(lambda: self.step)
+
+    @property
+    def decisions(self) -> list[int]:
+        """What replays this run: the linearised trace (thread of every step)."""
+        return self.trace
+
+    @property
+    def steps(self) -> list[Step]:
+        """The step log, from the trace and its labels (no arguments or results)."""
+        return [Step(i + 1, t, lbl, None)
+                for i, (t, lbl) in enumerate(zip(self.trace, self.labels, strict=False))]
+
+    def thread_contexts(self) -> list[ThreadCtx]:
+        return list(self._workers.values())
 
     def run(self, threads: Sequence[tuple[str, Callable[[], None]]],
             join_timeout: float = 120.0) -> None:
@@ -164,32 +186,3 @@ class FreeScheduler:
                 self.abort_reason = f"hang after {self.step} steps"
                 self._cv.notify_all()
             return result
-
-
-class TraceStrategy(Strategy):
-    """Make the controlled scheduler follow a free run's linearised trace.
-
-    The trace names the thread of every step.  A decision that starts a thread which has
-    not taken a step yet does not consume the trace (starting is not an operation); when
-    the trace is used up the run is over (the free run ended there too).
-    """
-
-    def __init__(self, trace: Sequence[int]) -> None:
-        self.trace = list(trace)
-        self.pos = 0
-
-    def choose(self, sched: ControlledScheduler, runnable: list[int]) -> int:
-        if self.pos >= len(self.trace):
-            sched.abort("end of the free-mode trace")
-            return runnable[0]
-        want = self.trace[self.pos]
-        t = sched.threads[want] if want < len(sched.threads) else None
-        if t is None or want not in runnable:
-            names = sched.thread_names()
-            who = names[want] if t is not None else f"#{want}"
-            raise ScheduleDiverged(sched.step, f"trace wants {who} for step {self.pos + 1}, "
-                                   f"which cannot run there (runnable: "
-                                   f"{[names[i] for i in runnable]})")
-        if t.started:
-            self.pos += 1
-        return want

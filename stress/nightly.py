@@ -22,14 +22,14 @@ Example (what ``tox -e stress`` runs)::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from xml.etree import ElementTree as ET
 
 from core import __version__
 from core.variants import AS_DESIGNED
+from reports.nightly import nightly_junit, nightly_markdown
+from reports.rundir import JUNIT, write_atomic
 
 from .campaign import Campaign, CampaignSpec
 from .config import RunConfig
@@ -47,7 +47,8 @@ class NightlySpec:
     seeds: int | None = None              # instead of duration
     canary_duration: float = 120.0        # the canary stops at its hunt's finding
     workers: int = 1
-    config: dict = field(default_factory=dict)   # RunConfig fields shared by every campaign
+    # what every campaign shares (its variant is each campaign's own)
+    config: RunConfig = field(default_factory=RunConfig)
 
 
 @dataclass
@@ -80,7 +81,7 @@ def run_nightly(spec: NightlySpec, out: Path, argv: list[str],
     interrupted = False
     for variant, role in plan:
         canary = role == "canary"
-        cfg = RunConfig(**dict(spec.config, variant=variant)).validate()
+        cfg = spec.config.with_(variant=variant).validate()
         d = out / (f"canary-{dir_name(variant)}" if canary else dir_name(variant))
         d.mkdir(parents=True, exist_ok=True)
         cspec = CampaignSpec(config=cfg, base_seed=spec.base_seed,
@@ -131,67 +132,9 @@ def _write(spec: NightlySpec, out: Path, argv: list[str], entries: list[Entry], 
                           "runs": e.summary["runs"], "elapsed_s": e.summary["elapsed_s"],
                           "findings": len(e.summary["findings"]), "ok": e.ok,
                           "verdict": e.verdict} for e in entries]}
-    tmp = out / "nightly.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    os.replace(tmp, out / "nightly.json")
-    (out / "nightly.md").write_text(nightly_markdown(doc, entries))
-    (out / "junit.xml").write_text(nightly_junit(entries))
-
-
-def nightly_markdown(doc: dict, entries: list[Entry]) -> str:
-    from reports.confidence import confidence_text
-    verdict = "PASSED" if doc["passed"] else ("INTERRUPTED" if doc["interrupted"] else "FAILED")
-    lines = [f"# tdx-stress nightly: {verdict}", "",
-             f"* tool version {doc['tool_version']}, base seed {doc['base_seed']}",
-             f"* command: `{' '.join(doc['argv'])}`", "",
-             "| campaign | variant | runs | seconds | findings | verdict | report |",
-             "|---|---|---|---|---|---|---|"]
-    for e in entries:
-        s = e.summary
-        lines.append(f"| {e.role} | {e.variant} | {s['runs']} | {s['elapsed_s']:.1f} | "
-                     f"{len(s['findings'])} | {'ok' if e.ok else '**FAIL**'}: {e.verdict} | "
-                     f"[{e.out.name}/report.md]({e.out.name}/report.md) |")
-    for e in entries:
-        if e.role == "as-designed" and e.summary["findings"]:
-            lines += ["", f"## Findings in {e.variant}", ""]
-            for f in e.summary["findings"]:
-                lines.append(f"* {f['kind']} `{f['signature']}` in {f['count']} run(s), first "
-                             f"seed {f['first_seed']}: `tdx-stress replay "
-                             f"{e.out / f['repro']}`")
-    for e in entries:
-        if e.role == "as-designed" and not e.summary["findings"]:
-            lines += ["", f"## What a clean {e.variant} means", ""]
-            lines += confidence_text(e.summary)
-    return "\n".join(lines) + "\n"
-
-
-def nightly_junit(entries: list[Entry]) -> str:
-    """One suite per as-designed campaign (as ``tdx-stress run`` writes it) and a canary
-    suite whose one case passes only if the canary's hunt was caught."""
-    from reports.junit import junit_suite
-    root = ET.Element("testsuites", name="tdx-stress nightly")
-    for e in entries:
-        if e.role == "as-designed":
-            root.append(junit_suite(e.summary, e.out))
-            continue
-        suite = ET.SubElement(root, "testsuite", name=f"tdx-stress.canary.{e.variant}",
-                              tests="1", failures="0" if e.ok else "1", errors="0",
-                              skipped="0", time=f"{e.summary['elapsed_s']:.3f}")
-        case = ET.SubElement(suite, "testcase", classname="tdx-stress.canary",
-                             name=f"{e.variant} is caught", time=f"{e.summary['elapsed_s']:.3f}")
-        if not e.ok:
-            ET.SubElement(case, "failure", message=e.verdict, type="CANARY").text = e.verdict
-        else:
-            first = e.summary["findings"][0] if e.summary["findings"] else None
-            ET.SubElement(case, "system-out").text = (
-                e.verdict + (f"; first: {first['signature']}" if first else "") + "\n")
-    tests = sum(int(s.get("tests", 0)) for s in root)
-    failures = sum(int(s.get("failures", 0)) for s in root)
-    root.set("tests", str(tests))
-    root.set("failures", str(failures))
-    root.set("errors", "0")
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+    write_atomic(out / "nightly.json", json.dumps(doc, indent=1, sort_keys=True))
+    write_atomic(out / "nightly.md", nightly_markdown(doc, entries))
+    write_atomic(out / JUNIT, nightly_junit(entries))
 
 
 __all__ = ["NightlySpec", "run_nightly", "NIGHTLY_SCHEMA"]

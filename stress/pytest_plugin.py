@@ -72,12 +72,13 @@ from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 import pytest
 
+from reports.rundir import LOG, REPRO_SCHEMA  # light: imports no part of the model
+
 if TYPE_CHECKING:   # the heavy parts, imported only where they are used
     from stress.config import RunConfig
     from stress.repro import Repro
 
 MARKER = "tdx_stress"
-REPRO_SCHEMA = "tdx-stress/repro/1"        # == stress.repro.SCHEMA (a test checks it)
 DEFAULT_DURATION = 20.0
 # (option suffix, what it is): one place for names, help and the rerun line
 _OPTIONS = {
@@ -118,10 +119,10 @@ class _State:
     def base_seed(self) -> tuple[int, str]:
         """The session's base seed and where it came from (the CLI's precedence)."""
         if self.session_seed is None:
-            from stress.cli import UsageError, resolve_seed
+            from stress.config import ConfigError, resolve_seed
             try:
                 seed, source = resolve_seed(self.seed_text)
-            except UsageError as e:
+            except ConfigError as e:
                 raise pytest.UsageError(_reword(str(e), cmdline=True)) from None
             self.session_seed = (seed, "--tdx-stress-seed" if source == "--seed" else source)
         return self.session_seed
@@ -177,10 +178,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if st.seed_text is not None:
         st.base_seed()          # a bad seed is a usage error now, not in the first test
     if out is not None:
-        from stress.cli import UsageError, make_out_dir
+        from stress.config import ConfigError, make_out_dir
         try:
             st.out = make_out_dir(out).resolve()
-        except UsageError as e:
+        except ConfigError as e:
             raise pytest.UsageError(f"--tdx-stress-out: {e}") from None
     for source, dirs in (("--tdx-stress-repros", cmd_dirs), ("tdx_stress_repros", ini_dirs)):
         for d in dirs:
@@ -200,18 +201,15 @@ def _parse_cmdline(given: dict[str, str]) -> dict[str, Any]:
     """Parse and check the options with the CLI's own parsers and RunConfig's checks."""
     if not given:
         return {}
-    import argparse
-
     from core.variants import UnknownVariant
-    from stress.cli import _positive_int, _seconds
-    from stress.config import ConfigError, RunConfig
+    from stress.config import ConfigError, RunConfig, positive_int, seconds, whole
     out: dict[str, Any] = {}
-    parsers = {"seeds": _positive_int, "workers": _positive_int, "duration": _seconds,
-               "depth": _whole}
+    parsers = {"seeds": positive_int, "workers": positive_int, "duration": seconds,
+               "depth": whole}
     for name, text in given.items():
         try:
             out[name] = parsers[name](text) if name in parsers else text
-        except argparse.ArgumentTypeError as e:
+        except ConfigError as e:
             raise pytest.UsageError(f"--tdx-stress-{name}: {e}") from None
     for name in ("variant", "mode", "strategy", "depth"):
         if name not in out:
@@ -223,14 +221,6 @@ def _parse_cmdline(given: dict[str, str]) -> dict[str, Any]:
             raise pytest.UsageError(text if text.startswith("--") else
                                     f"--tdx-stress-{name}: {text}") from None
     return out
-
-
-def _whole(text: str) -> int:
-    import argparse
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
 def _session_line(config: pytest.Config) -> str:
@@ -352,37 +342,12 @@ def replay_repro(path: str | Path, variant: str | None = None) -> ReplayOutcome:
 
 def _replay(rp: Repro, variant: str | None) -> ReplayOutcome:
     from core import __version__
-    from stress.controlled import RunReplayStrategy
+    from reports.swimlane import render
+    from stress.replay import replay
     from stress.repro import model_hash
-    from stress.runner import run_seed
-    from stress.swimlane import render
 
-    cfg = rp.config if variant is None else rp.config.with_(variant=variant).validate()
-    # a free-mode trace is followed by the controlled scheduler, as `tdx-stress replay`
-    ctl = cfg.with_(mode="controlled")
-    recorded = rp.trace if rp.trace is not None else rp.schedule
-    stop = lambda f: f.signature == rp.signature  # noqa: E731
-    if rp.trace is not None:
-        r = run_seed(ctl, rp.seed, trace=rp.trace, workload=rp.workload, stop_on=stop)
-    else:
-        r = run_seed(cfg, rp.seed, schedule=rp.schedule, workload=rp.workload, stop_on=stop)
-    how, reason = "exact replay", ""
-    hit = next((f for f in r.findings if f.signature == rp.signature), None)
-    if hit is None and r.divergence:
-        # The schedule no longer fits this model or variant.  Replay it by runs ("give
-        # thread T its next n steps", the shrinker's lenient replay): if the bug is still
-        # there it usually still fires, and a regression test must not pass merely
-        # because a fix elsewhere shifted the steps.
-        exact = f"the exact {'trace' if rp.trace is not None else 'schedule'} diverged " \
-                f"({r.divergence})"
-        r = run_seed(ctl, rp.seed, strategy=RunReplayStrategy(recorded or []),
-                     workload=rp.workload, stop_on=stop)
-        hit = next((f for f in r.findings if f.signature == rp.signature), None)
-        how = "lenient replay"
-        reason = f"{exact}; a lenient replay by runs " + (
-            "fired it" if hit else f"ran {r.steps} steps without it")
-    elif hit is None:
-        reason = f"the exact replay ran {r.steps} steps to its end without it"
+    got = replay(rp, variant=variant, lenient=True)
+    cfg, r, hit, how, reason = got.run.config, got.run, got.hit, got.how, got.reason
     stale = []
     if rp.raw.get("tool_version") != __version__:
         stale.append(f"recorded by tdx-stress {rp.raw.get('tool_version')}, "
@@ -476,8 +441,7 @@ class TdxStress:
         class, function) < ``overrides`` < command line; the seed from the command line,
         else ``$TDX_STRESS_SEED``, else the test's ``seed=``, else the session's fresh
         one."""
-        from stress.cli import SEED_ENV
-        from stress.config import RunConfig
+        from stress.config import SEED_ENV, RunConfig
         layers: list[tuple[str, dict[str, Any]]] = []
         for m in reversed(list(self._item.iter_markers(MARKER))):
             if m.args:
@@ -539,7 +503,7 @@ class TdxStress:
         self._bad(problem)
 
     def _out_dir(self) -> Path:
-        from stress.cli import make_out_dir
+        from stress.config import make_out_dir
         self._runs += 1
         name = re.sub(r"[^\w.-]+", "_", self._item.name)[:60]
         if self._runs > 1:
@@ -564,9 +528,9 @@ class TdxStress:
 
     def run(self, **overrides: Any) -> dict:
         """Run one campaign; fail the test on a finding, else return the summary."""
+        from reports.markdown import text_summary
         from reports.render import write_reports
         from stress.campaign import Campaign, CampaignSpec
-        from stress.cli import text_summary
 
         s = self.settings(**overrides)
         cfg = self._config(s)
@@ -576,7 +540,7 @@ class TdxStress:
         spec = CampaignSpec(config=cfg, base_seed=s["seed"], seeds=s["seeds"],
                             duration=s["duration"], workers=s["workers"],
                             stop_on_first=bool(s["stop_on_first"]))
-        with open(out / "log.txt", "a", buffering=1) as log:
+        with open(out / LOG, "a", buffering=1) as log:
             def say(message: str) -> None:
                 log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
             bound = " and ".join(x for x in (s["seeds"] and f"{s['seeds']} seeds",

@@ -12,18 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from core import __version__
 from core.findings import Finding
 from core.variants import get_variant
+from reports.rundir import REPRO_SCHEMA
 
 from .config import ConfigError, RunConfig
 from .controlled import rle
 from .workload import Workload, workload_from_json, workload_to_json
 
-SCHEMA = "tdx-stress/repro/1"
-_MODEL_FILES = ("core", "stress/workload.py", "stress/controlled.py")
+SCHEMA = REPRO_SCHEMA
+_MODEL_FILES = ("core", "stress/workload.py", "stress/controlled.py", "stress/strategies.py")
 
 
 class ReproError(ValueError):
@@ -31,18 +33,24 @@ class ReproError(ValueError):
 
 
 def model_hash() -> str:
-    """A hash of the sources that give a schedule its meaning: the machine, the
-    workload roles and the controlled scheduler."""
+    """A hash of the sources that give a schedule its meaning: the machine and its
+    built-in patches, the workload roles, the controlled scheduler and its strategies."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.blake2b(digest_size=10)
+    for f in model_files():
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def model_files() -> list[Path]:
+    """The files :func:`model_hash` covers."""
+    root = Path(__file__).resolve().parent.parent
     files: list[Path] = []
     for name in _MODEL_FILES:
         p = root / name
-        files += sorted(p.glob("*.py")) if p.is_dir() else [p]
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return files
 
 
 def unrle(runs: list) -> list[int]:
@@ -53,6 +61,30 @@ def unrle(runs: list) -> list[int]:
             raise ReproError("the schedule in the repro file is malformed")
         out.extend([run[0]] * run[1])
     return out
+
+
+@dataclass
+class Size:
+    """How big a repro is, the one measure of it (the repro's ``size``, the shrinker's
+    goal, smallest first in the order of :meth:`key`): threads, operations (guest
+    instructions, zapper operations and PAGE.ADD pages), preemptions, steps."""
+    preemptions: int
+    threads: int
+    operations: int
+    steps: int
+
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.threads, self.operations, self.preemptions, self.steps)
+
+    def as_dict(self) -> dict:
+        return {"preemptions": self.preemptions, "threads": self.threads,
+                "operations": self.operations, "steps": self.steps}
+
+
+def repro_size(w: Workload, steps: int, preemptions: int) -> Size:
+    """The :class:`Size` of workload ``w`` run for ``steps`` with ``preemptions``."""
+    return Size(preemptions, len(w.programs) + len(w.zaps),
+                sum(map(len, w.programs)) + sum(map(len, w.zaps)) + len(w.initial), steps)
 
 
 def make_repro(cfg: RunConfig, seed: int, workload: Workload, finding: Finding, *,
@@ -72,9 +104,7 @@ def make_repro(cfg: RunConfig, seed: int, workload: Workload, finding: Finding, 
         "threads": threads or [],
         "workload": workload_to_json(workload),
         "finding": finding.to_dict(),
-        "size": {"steps": steps, "preemptions": preemptions,
-                 "threads": len(workload.programs) + len(workload.zaps),
-                 "operations": sum(map(len, workload.programs)) + sum(map(len, workload.zaps))},
+        "size": repro_size(workload, steps, preemptions).as_dict(),
     }
     if trace is not None:
         d["trace"] = rle(trace)

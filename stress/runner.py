@@ -17,17 +17,17 @@ from core.tdx_module import PHASES
 from core.variants import get_variant
 
 from .config import RunConfig, Streams
-from .controlled import (
-    ControlledScheduler,
+from .controlled import ControlledScheduler, ScheduleDiverged, Step
+from .free import FreeScheduler
+from .strategies import (
     PCTStrategy,
     RandomStrategy,
     ReplayStrategy,
-    ScheduleDiverged,
-    Step,
     Strategy,
+    TraceStrategy,
     is_sync,
+    pct_horizon,
 )
-from .free import FreeScheduler, TraceStrategy
 from .workload import Running, Workload, generate, new_vm, vcpu_role, zapper_role
 
 StopOn = Callable[[Finding], bool]
@@ -67,7 +67,7 @@ class RunResult:
 
 
 def hunt_stop(variant: str) -> StopOn:
-    """The finding a hunt variant is after (MODEL §6), for --stop-on-first."""
+    """The finding a hunt variant is after (docs/model.md §6), for --stop-on-first."""
     v = get_variant(variant)
     if v.as_designed:
         return lambda f: f.kind not in ("LOCKDEP",)
@@ -102,10 +102,10 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
-                                   max_steps=_pct_horizon(cfg), sync=is_sync)
+                                   max_steps=pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers)),
+                                   sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
                                     recorder=rec, record_steps=record_steps)
-    rec._step_of = lambda: sched.step
     if stop_on is not None:
         def listener(f: Finding) -> None:
             if stop_on(f):
@@ -126,8 +126,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         threads += [(f"zapper{j}", zapper_role(kvm, script, running))
                     for j, script in enumerate(workload.zaps)]
         sched.run(threads)
-        workers = [t.ctx for t in sched.threads] if isinstance(sched, ControlledScheduler) \
-            else list(sched._workers.values())
+        workers = sched.thread_contexts()
         stopped = sched.aborting
         set_current(ThreadCtx("teardown"))
         teardown_ctx = current()
@@ -148,15 +147,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
                 rows[i] += ctx.rows[i]
                 rows_by_phase[phase][i] += ctx.rows[i]
             attr += ctx.attr_changes
-    if isinstance(sched, ControlledScheduler):
-        sched_list = sched.schedule
-        divergence = str(sched.divergence) if sched.divergence else None
-        step_log = sched.steps if record_steps else []
-    else:
-        sched_list = sched.trace
-        divergence = None
-        step_log = [Step(i + 1, t, lbl, None)
-                    for i, (t, lbl) in enumerate(zip(sched.trace, sched.labels, strict=False))]
+    divergence = str(sched.divergence) if sched.divergence else None
     return RunResult(
         seed=seed, config=cfg, findings=list(rec.findings), counts=dict(rec.counts),
         rows=rows, attr_changes=attr, busy=dict(kvm.module.busy), steps=sched.step,
@@ -164,26 +155,15 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         vcpu_stats=[dict(v.stats) for v in kvm.vcpus], vm_killed=kvm.vm_killed,
         seamcalls={p: dict(c) for p, c in kvm.module.calls_by_phase.items()},
         rows_by_phase=rows_by_phase,
-        schedule=list(sched_list), trace_hash=f"{sched.trace_hash:016x}",
-        threads=[n for n, _ in threads], step_log=step_log,
+        schedule=list(sched.decisions), trace_hash=f"{sched.trace_hash:016x}",
+        threads=[n for n, _ in threads], step_log=sched.steps if record_steps else [],
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
         vm_bugged=kvm.vm_bugged,
-        preemptions=sched.preemptions if isinstance(sched, ControlledScheduler) else 0,
+        preemptions=sched.preemptions,
         pct_k=strategy.max_steps if isinstance(strategy, PCTStrategy) else 0,
         sync_steps=strategy.sync_steps if isinstance(strategy, PCTStrategy) else 0,
-        decision_items=list(sched.items) if isinstance(sched, ControlledScheduler) else [],
+        decision_items=list(sched.items),
     )
 
 
-def _pct_horizon(cfg: RunConfig) -> int:
-    """PCT's k: a rough number of steps a run of this size takes, so that change points
-    land inside the run rather than after it."""
-    return max(20, 3 * cfg.ops * (cfg.vcpus + cfg.zappers))
-
-
-def replay_free(cfg: RunConfig, seed: int, trace: list[int]) -> RunResult:
-    """Follow a free run's trace under the controlled scheduler."""
-    return run_seed(cfg, seed, trace=trace)
-
-
-__all__ = ["RunResult", "run_seed", "replay_free", "hunt_stop", "ScheduleDiverged"]
+__all__ = ["RunResult", "run_seed", "hunt_stop", "ScheduleDiverged"]

@@ -24,36 +24,29 @@ holds, so it replays exactly, not leniently.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from .config import RunConfig
-from .controlled import PCTStrategy, RandomStrategy, RunReplayStrategy, Strategy, is_sync, rle
-from .repro import Repro, make_repro
+from .controlled import rle
+from .replay import replay
+from .repro import Repro, Size, make_repro, repro_size
 from .runner import RunResult, run_seed
+from .strategies import (
+    PCTStrategy,
+    RandomStrategy,
+    RunReplayStrategy,
+    Strategy,
+    is_sync,
+    pct_horizon,
+)
 from .workload import Workload
 
 RESEARCH = 800     # fresh schedules per re-search pass
 
 
-@dataclass
-class Size:
-    preemptions: int
-    threads: int
-    operations: int
-    steps: int
-
-    def key(self) -> tuple[int, int, int, int]:
-        return (self.threads, self.operations, self.preemptions, self.steps)
-
-    def as_dict(self) -> dict:
-        return {"preemptions": self.preemptions, "threads": self.threads,
-                "operations": self.operations, "steps": self.steps}
-
-
 def size_of(r: RunResult, w: Workload) -> Size:
-    return Size(r.preemptions, len(w.programs) + len(w.zaps),
-                sum(map(len, w.programs)) + sum(map(len, w.zaps)) + len(w.initial), r.steps)
+    return repro_size(w, r.steps, r.preemptions)
 
 
 class Shrinker:
@@ -82,7 +75,7 @@ class Shrinker:
             self.runs += 1
             # fresh schedules, PCT (few preemptions by construction) and random in turn
             rng = random.Random(f"tdx-stress:shrink:{self.seed}:{self.runs}")
-            horizon = max(20, 3 * sum(map(len, w.zaps)) + 3 * sum(map(len, w.programs)))
+            horizon = pct_horizon(sum(map(len, w.zaps)) + sum(map(len, w.programs)))
             strategy: Strategy | None = RunReplayStrategy(schedule) if k == 0 else None
             if k % 2:
                 strategy = PCTStrategy(rng, depth=2 + k // 2, max_steps=horizon, sync=is_sync)
@@ -97,14 +90,10 @@ class Shrinker:
 
     def shrink(self) -> tuple[dict, Size, Size]:
         rp = self.repro
-        if rp.trace is not None:
-            start = run_seed(self.cfg, self.seed, trace=rp.trace, workload=rp.workload,
-                             stop_on=lambda f: f.signature == self.signature)
-        else:
-            start = run_seed(self.cfg, self.seed, schedule=rp.schedule, workload=rp.workload,
-                             stop_on=lambda f: f.signature == self.signature)
-        if not any(f.signature == self.signature for f in start.findings):
+        first = replay(rp)
+        if not first.fired:
             raise ValueError("the repro does not reproduce its finding; nothing to shrink")
+        start = first.run
         w, best = rp.workload, start
         before = size_of(start, w)
         self.best_steps = start.steps
@@ -144,7 +133,7 @@ class Shrinker:
         RESEARCH runs a time: a race that is already small rarely gets smaller)."""
         cfg = self.cfg.with_(vcpus=max(1, len(w.programs)), zappers=len(w.zaps))
         stop = lambda f: f.signature == self.signature  # noqa: E731
-        horizon = max(20, 3 * sum(map(len, w.zaps)) + 3 * sum(map(len, w.programs)))
+        horizon = pct_horizon(sum(map(len, w.zaps)) + sum(map(len, w.programs)))
         end = min(self.max_runs, self.runs + RESEARCH)
         while self.runs < end:
             self.runs += 1

@@ -27,13 +27,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from core.oracle import EXPECTED, ROW_TEXT, force_transition
-from core.variants import VARIANTS, get_variant
+from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
 from .config import RunConfig
 from .runner import hunt_stop, run_seed
 
 FORCED_ROWS = (5, 6, 10)
-ROW_HUNT = {2: "hunt-a1", 4: "hunt-a2", 9: "hunt-b", 11: "hunt-c", 13: "hunt-d"}
 
 
 def explore(variant: str, budget: float, base_seed: int) -> dict:
@@ -127,9 +126,9 @@ def render_table(obs: dict) -> tuple[str, list[str]]:
             if "hunt-c" not in tdx:
                 bad.append("path (c): the TDX_BUG_ON never fired in hunt-c")
         hittable = exp_hit.startswith("Y")
-        if hittable and ROW_HUNT[row] not in kvm_bugs:
+        if hittable and HUNT_OF_ROW[row] not in kvm_bugs:
             bad.append(f"row {row} is hittable but its KVM_BUG_ON never fired in "
-                       f"{ROW_HUNT[row]}")
+                       f"{HUNT_OF_ROW[row]}")
         if not hittable and kvm_bugs:
             bad.append(f"row {row} is not hittable but a KVM_BUG_ON fired in "
                        f"{', '.join(kvm_bugs)}")

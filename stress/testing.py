@@ -24,18 +24,23 @@ from core.invariants import report_invariants
 from core.kvm import Kvm
 from core.sched import current
 
-from .controlled import ControlledScheduler, ScriptStrategy
+from .controlled import ControlledScheduler
+from .strategies import ScriptStrategy
 
 
 class Sequencer:
-    """A VM whose threads follow ``script`` (see :class:`ScriptStrategy`)."""
+    """A VM whose threads follow ``script`` (see :class:`ScriptStrategy`).
 
-    def __init__(self, variant: str, script: Sequence[tuple], *, strict: bool = False,
+    Strict by default, as Trio's Sequencer: a directive naming a thread that cannot run
+    fails the run.  ``strict=False`` lets the lowest-index runnable thread go until the
+    named one can run, so one script can serve a variant where a lock makes it wait.
+    """
+
+    def __init__(self, variant: str, script: Sequence[tuple], *, strict: bool = True,
                  nr_vcpus: int = 1, max_steps: int = 100_000, **kvm_kw: object) -> None:
         self.rec = Recorder()
         self.strategy = ScriptStrategy(script, strict=strict)
         self.sched = ControlledScheduler(self.strategy, recorder=self.rec, max_steps=max_steps)
-        self.rec._step_of = lambda: self.sched.step
         self.kvm = Kvm(variant, self.sched, nr_vcpus=nr_vcpus, recorder=self.rec,
                        **kvm_kw)  # type: ignore[arg-type]
 
@@ -58,7 +63,11 @@ class Sequencer:
             self.kvm.module.td_exit(vcpu_id, gfn, rip)
 
     def run(self, **threads: Callable[[], None]) -> None:
+        """Run the threads under the script; a strict script that no longer matches (a
+        directive names a thread that cannot run) raises its :class:`ScheduleDiverged`."""
         self.sched.run(list(threads.items()))
+        if self.sched.divergence is not None:
+            raise self.sched.divergence
 
     def check(self) -> int:
         """Check the invariants now (a quiescent point); report violations."""

@@ -325,8 +325,9 @@ def vcpu_role(kvm: Kvm, vcpu_id: int, program: tuple[tuple, ...], max_trips: int
             if running is None or running.zappers == 0:
                 stuck += 1
             if stuck >= max_trips:
-                # MODEL §7.9: every retry must end.  Zappers are finite, so a guest that
-                # cannot retire one instruction in this many entries is livelocked.
+                # docs/model.md §7, invariant 9: every retry must end.  Zappers are
+                # finite, so a guest that cannot retire one instruction in this many
+                # entries is livelocked.
                 kvm.rec.report("HANG", "vcpu_run:no_progress",
                                f"vcpu{vcpu_id} made no progress at guest RIP {rip} "
                                f"({program[rip] if rip < len(program) else 'end'}) in "

@@ -1,8 +1,78 @@
 """Shared fixtures: a fresh thread context per test, so row counters and lock records
-of one test never leak into another (tests run on the main thread)."""
+of one test never leak into another (tests run on the main thread).  And the test tiers:
+every test is exactly one of ``TIERS`` (``pytest -m unit`` is the quick loop)."""
+import os
+
 import pytest
+from _pytest.doctest import DoctestItem
 
 from core.sched import ThreadCtx, set_current
+
+TIERS = ("unit", "scripted", "integration", "quality")
+
+# patch files the mutation tests load by path: not test modules, and not to be imported
+# by --doctest-modules
+collect_ignore = ["patches"]
+
+# --doctest-modules collects core/, stress/ and reports/ of this checkout.  Where the
+# package is installed as a copy (tox's non-editable install, run by the `pytest` script),
+# those modules are already imported from site-packages and pytest would call each an
+# "import file mismatch"; their doctests then run on the installed copy, the code tested.
+os.environ.setdefault("PY_IGNORE_IMPORTMISMATCH", "1")
+
+
+def _tiers(node: pytest.Item | pytest.Collector) -> list[str]:
+    return sorted({m.name for m in node.own_markers if m.name in TIERS})
+
+
+def _tier_of(item: pytest.Item) -> tuple[str | None, str]:
+    """The tier of ``item`` and, when it has none or two, why, in one sentence: a tier
+    marked on the test overrides its class's, which overrides its module's
+    ``pytestmark``; doctests are ``unit``."""
+    node: pytest.Item | pytest.Collector | None = item
+    while node is not None and not _tiers(node):
+        node = node.parent
+    tiers = _tiers(node) if node is not None else []
+    if not tiers and isinstance(item, DoctestItem):
+        return "unit", ""
+    if len(tiers) == 1:
+        return tiers[0], ""
+    why = ("has no tier marker" if not tiers else
+           f"has {len(tiers)} tier markers ({', '.join(tiers)}) on "
+           f"{'the test' if node is item else node.nodeid}")
+    return None, (f"{item.nodeid} {why}: mark it with exactly one of {', '.join(TIERS)} "
+                  f"(see tests/conftest.py)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A test without exactly one tier fails the collection of its module (a collection
+    error, which pytest-xdist's workers report as such; an exception in a worker's
+    pytest_collection_modifyitems would only be an INTERNALERROR)."""
+    rep = yield
+    if rep.passed:
+        bad = [why for x in rep.result if isinstance(x, pytest.Item)
+               for tier, why in [_tier_of(x)] if tier is None]
+        if bad:
+            rep.outcome, rep.longrepr, rep.result = "failed", "\n".join(bad), []
+    return rep
+
+
+@pytest.hookimpl(tryfirst=True)     # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move each test's tier onto the test and off its module and class, so that ``-m``
+    sees exactly one (``-m unit`` must not pick an integration test of a unit module)."""
+    chosen: dict[str, str] = {}
+    for item in items:
+        tier, why = _tier_of(item)
+        if tier is None:        # a test collected where the check above did not run
+            raise pytest.UsageError(why)
+        chosen[item.nodeid] = tier
+    for item in items:
+        for node in item.listchain()[:-1]:
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+        if not _tiers(item):
+            item.add_marker(chosen[item.nodeid])
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 from stress import cli
 from stress.repro import load_repro
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -136,6 +136,7 @@ def test_replay_that_diverges_or_does_not_reproduce_exit_4(tmp_path):
     assert r.returncode == 4 and "did not reproduce" in r.stdout
 
 
+@pytest.mark.unit
 def test_internal_error_exit_3_no_traceback(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
 
@@ -239,6 +240,7 @@ def test_help_on_every_command():
         assert r.returncode == 0 and "usage:" in r.stdout
 
 
+@pytest.mark.unit
 def test_defaults_are_the_documented_ones():
     args = cli.build_parser().parse_args(["run"])
     assert (args.variant, args.mode, args.strategy, args.depth) == \
@@ -247,6 +249,7 @@ def test_defaults_are_the_documented_ones():
     assert (args.guest, args.conversions) == ("linux", None)        # None: the guest's own flow
 
 
+@pytest.mark.unit
 def test_seed_precedence(monkeypatch):
     monkeypatch.setenv(cli.SEED_ENV, "17")
     assert cli.resolve_seed("5") == (5, "--seed")
@@ -255,6 +258,7 @@ def test_seed_precedence(monkeypatch):
     assert cli.resolve_seed(None)[1] == "fresh"
 
 
+@pytest.mark.unit
 def test_table_disagreements_are_marked(table_observation):
     from stress.table import render_table
     obs = table_observation(("v6.19", "refactor-2026", "hugepage-rfc", "hunt-a1",

@@ -17,16 +17,10 @@ from core.mmu_lock import MmuLock
 from core.rcu import Rcu
 from core.sched import current
 from core.store import KvmMmuPage
-from stress.controlled import (
-    ControlledScheduler,
-    PCTStrategy,
-    RandomStrategy,
-    ReplayStrategy,
-    ScheduleDiverged,
-    ScriptStrategy,
-)
+from stress.controlled import ControlledScheduler, ScheduleDiverged
+from stress.strategies import PCTStrategy, RandomStrategy, ReplayStrategy, ScriptStrategy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 JOIN = 10.0
 Threads = list[tuple[str, Callable[[], None]]]
@@ -35,7 +29,6 @@ Threads = list[tuple[str, Callable[[], None]]]
 def new_sched(strategy, max_steps: int = 50_000) -> tuple[ControlledScheduler, Recorder]:
     rec = Recorder()
     sched = ControlledScheduler(strategy, recorder=rec, max_steps=max_steps)
-    rec._step_of = lambda: sched.step
     return sched, rec
 
 
@@ -185,6 +178,7 @@ def _waits_at(message: str, name: str, label: str) -> bool:
     return re.search(rf"\b{re.escape(name)}\b[^,\n]*{re.escape(label)}", message) is not None
 
 
+@pytest.mark.scripted
 def test_deadlock_lock_never_released():
     """A writer that never unlocks: the run ends with DEADLOCK naming each blocked waiter."""
     sched, rec = new_sched(ScriptStrategy([("finish", "holder")]))
@@ -219,6 +213,7 @@ def test_deadlock_lock_never_released():
     assert rec.kinds() == {"DEADLOCK"}
 
 
+@pytest.mark.scripted
 def test_deadlock_two_locks_opposite_order():
     """Two MmuLocks taken in opposite order, forced by a script: DEADLOCK names both."""
     sched, rec = new_sched(ScriptStrategy([
@@ -419,6 +414,7 @@ def test_pct_depth3_preempts():
     assert found
 
 
+@pytest.mark.scripted
 def test_script_strategy_runs_threads_in_index_order_after_script():
     """After its script, ScriptStrategy runs the threads to the end in index order."""
     sched, rec = new_sched(ScriptStrategy([("steps", "b", 2)]))

@@ -13,7 +13,7 @@ from core.variants import get_variant as get_hunt
 from stress.config import RunConfig
 from stress.runner import run_seed
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 
 def vm(variant="hugepage-rfc"):
@@ -23,7 +23,6 @@ def vm(variant="hugepage-rfc"):
     return kvm
 
 
-@pytest.mark.unit
 def test_a_failed_accept_does_not_feed_zero_step():
     """td_exit_epf_stepping_log() is called from the hardware EPT-violation handlers
     only: the EPT violation of a TDG.MEM.PAGE.ACCEPT on a missing page is not counted,
@@ -35,7 +34,6 @@ def test_a_failed_accept_does_not_feed_zero_step():
     assert kvm.module.vcpus[0].ept_count == 1
 
 
-@pytest.mark.unit
 def test_a_kick_leaves_no_request_behind():
     """KVM_REQ_OUTSIDE_GUEST_MODE is KVM_REQUEST_NO_ACTION: no request bit is set, so it
     cannot end a vCPU's local fault-retry loop or be seen by kvm_vcpu_has_events()."""
@@ -45,7 +43,6 @@ def test_a_kick_leaves_no_request_behind():
     assert v.requests == set() and not v.ipi_pending
 
 
-@pytest.mark.unit
 def test_row5_does_not_count_the_kernels_own_frozen_case():
     """handle_removed_pt() freezing a non-present child is allowed (the WARN exempts a
     frozen *new* value): no row, no WARN.  A frozen *old* value is not exempt."""
@@ -66,7 +63,6 @@ def test_row5_does_not_count_the_kernels_own_frozen_case():
         set_current(saved)
 
 
-@pytest.mark.unit
 def test_teardown_zaps_leaves_of_a_bugged_vm():
     """kvm_gmem_release() has no vm_bugged check: the private leaves go before the HKID
     is released even when the VM is bugged, so none is left in the S-EPT."""
@@ -78,7 +74,6 @@ def test_teardown_zaps_leaves_of_a_bugged_vm():
     assert not [a for a in kvm.module.audit if a[0] == 5]
 
 
-@pytest.mark.unit
 def test_the_first_bug_is_the_finding():
     """KVM_BUG_ON warns once per VM: what is reported after the first bug of a run is
     kept inside it as its consequences, not listed as findings of its own."""
@@ -93,6 +88,7 @@ def test_the_first_bug_is_the_finding():
     assert root.consequences_total == 3
 
 
+@pytest.mark.integration
 def test_hunt_d_runs_report_one_root_bug_each():
     """Over many hunt-d runs, no run lists more than one bug-kind finding (before: a run
     listed its TDX_BUG_ON, the KVM_BUG_ON after it, invariants and a use-after-free)."""
@@ -106,7 +102,6 @@ def test_hunt_d_runs_report_one_root_bug_each():
     assert with_bug >= 10
 
 
-@pytest.mark.unit
 def test_prefault_retries_like_kvm_tdp_map_page(monkeypatch):
     """kvm_tdp_map_page(): ``do { ... } while (r == RET_PF_RETRY)``.  A prefault that
     gave up after one BUSY left the host-priority bit it set on the entry, and the guest's
@@ -129,7 +124,6 @@ def test_prefault_retries_like_kvm_tdp_map_page(monkeypatch):
     assert kvm.kvm_prefault(0x3) == RET_PF_RETRY and calls == []   # -EIO: the VM is dead
 
 
-@pytest.mark.unit
 def test_invalidation_keeps_one_merged_range_under_the_write_lock():
     """kvm_mmu_invalidate_begin/range_add/end assert the write lock, and KVM keeps one
     merged range: with [0x0, 0x2) and [0x8, 0xa) in progress, a fault at 0x5 retries
@@ -153,7 +147,6 @@ def test_invalidation_keeps_one_merged_range_under_the_write_lock():
     assert [f.kind for f in kvm.rec.findings] == ["LOCKDEP"]
 
 
-@pytest.mark.unit
 def test_local_retry_is_for_private_gpas_and_ends_on_a_signal(monkeypatch):
     """tdx_handle_ept_violation(): "Only private GPA triggers zero-step mitigation", so
     only a private fault is retried locally; the loop also ends on signal_pending()."""
@@ -174,12 +167,11 @@ def test_local_retry_is_for_private_gpas_and_ends_on_a_signal(monkeypatch):
     assert kvm.signals == 1 and 1 <= len(calls) < 20
 
 
-@pytest.mark.unit
 def test_a_summary_finding_says_where_so_its_hunt_recognises_it():
     """summary.json's findings carry ``where``: the nightly job and the pytest plugin
     judge a hunt from them (hunt-a1's bug is the KVM_BUG_ON of handle_changed_spte)."""
     from core.variants import get_variant
-    from stress.campaign import FindingAgg
+    from reports.summary import FindingAgg
     f = FindingAgg("KVM_BUG_ON:handle_changed_spte:row=2:path=a1", "KVM_BUG_ON", "a1", 2,
                    "set_external_spte failed", where="handle_changed_spte").to_dict()
     assert get_variant("hunt-a1").hunt_hit(f)
@@ -213,7 +205,6 @@ def test_memslot_deletion_waits_for_the_vcpu_inside_the_fault_path():
     assert seq.kvm.module.leaf_of(0x5) is None and seq.rec.findings == []
 
 
-@pytest.mark.unit
 @pytest.mark.timeout(20)
 def test_a_private_fault_without_guest_memfd_ends_with_efault():
     """kvm_mmu_faultin_pfn_private(): kvm_gmem_get_pfn() of a GFN no guest_memfd backs
@@ -227,7 +218,6 @@ def test_a_private_fault_without_guest_memfd_ends_with_efault():
     assert kvm.kvm_tdp_page_fault(0x40) == -EFAULT
 
 
-@pytest.mark.unit
 def test_a_4k_accept_exit_inhibits_2m_in_its_range_for_good():
     """RFC5 41/45 tdx_handle_mismatched_accept(): an ACCEPT-type EPT violation at 4K in a
     huge region splits any 2M leaf and sets the guest-inhibit bit; later faults there map
@@ -245,7 +235,6 @@ def test_a_4k_accept_exit_inhibits_2m_in_its_range_for_good():
     assert kvm.kvm_recover_huge_pages(0x200) is False
 
 
-@pytest.mark.unit
 @pytest.mark.timeout(20)
 def test_closing_guest_memfd_while_the_td_runs_zaps_every_private_leaf():
     """kvm_gmem_release(): the memslots hold no reference to the file, so a VMM may close
@@ -270,7 +259,6 @@ def test_closing_guest_memfd_while_the_td_runs_zaps_every_private_leaf():
     assert not kvm.rec.findings
 
 
-@pytest.mark.unit
 @pytest.mark.timeout(20)
 def test_recovery_opened_to_the_mirror_promotes_from_the_first_leaf():
     """recover_huge_pages_range() makes the huge SPTE from the table's first present leaf

@@ -12,7 +12,7 @@ import pytest
 
 from reports.junit import junit_xml, validate
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,6 +83,7 @@ def test_clean_run_validates_and_merged_report_validates(tmp_path, hunt_runs):
     validate((tmp_path / "m" / "junit.xml").read_text())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("breakage", [
     lambda x: x.replace('name="clean remainder" ', ""),        # a case without a name
     lambda x: x.replace(' failures="', ' failures="many'),      # counts are numbers
@@ -103,6 +104,7 @@ def test_schema_rejects_broken_documents(breakage):
         validate(bad)
 
 
+@pytest.mark.unit
 def test_control_characters_in_messages_are_dropped():
     s = {"variant": "v6.19", "elapsed_s": 0.5, "runs": 1, "base_seed": 0, "argv": [],
          "findings": [{"signature": "BUG:x:row=6:path=-", "kind": "BUG", "path": None,

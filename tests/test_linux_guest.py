@@ -146,6 +146,7 @@ def test_an_old_configuration_replays_as_the_guest_it_ran():
     assert (cfg.guest, cfg.conversions) == ("ve-accept", "async")
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("variant", ["hugepage-rfc", "v6.19"])
 def test_linux_td_runs_clean_on_as_designed_kernels(variant):
     """As-designed kernels, a Linux TD with MapGPA conversions: no finding, no VM killed,
@@ -160,6 +161,7 @@ def test_linux_td_runs_clean_on_as_designed_kernels(variant):
     assert TDX_SUCCESS == 0
 
 
+@pytest.mark.integration
 def test_a_hostile_vmm_closes_guest_memfd_in_a_share_of_async_runs():
     """kvm_gmem_release() while the TD runs: the last operation of the first zapper in
     about a quarter of async workloads, never with MapGPA (a VMM that converts when

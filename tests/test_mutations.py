@@ -15,7 +15,7 @@ from core.kvm import Kvm
 from core.sched import current
 from core.variants import get_variant
 
-pytestmark = [pytest.mark.scripted, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.quality, pytest.mark.timeout(60)]
 
 PATCHES = Path(__file__).resolve().parent / "patches"
 

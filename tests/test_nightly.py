@@ -12,7 +12,7 @@ import pytest
 
 from reports.junit import validate
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,7 +14,7 @@ from stress.config import RunConfig
 from stress.repro import ReproError, load_repro, make_repro, write_repro
 from stress.runner import hunt_stop, run_seed
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHES = ROOT / "examples" / "patches"
@@ -39,7 +39,6 @@ def first_hit(variant, seeds=range(30)):
     raise AssertionError(f"{variant}: nothing in {seeds}")
 
 
-@pytest.mark.integration
 def test_a_planted_patch_is_found_where_it_says():
     """The patch that forgets TDH.MEM.TRACK before REMOVE: the module refuses the REMOVE
     (TDX_TLB_TRACKING_NOT_DONE), a TDX_BUG_ON in tdx_sept_remove_private_spte."""
@@ -53,7 +52,6 @@ def test_a_planted_patch_is_found_where_it_says():
     assert not any(run_seed(base, s, record_steps=False).findings for s in range(3))
 
 
-@pytest.mark.integration
 def test_a_harmless_refactor_runs_exactly_as_its_base():
     """tdh_do_no_vcpus() as a loop: the same steps in the same order, so every run is
     trace-identical to hugepage-rfc's and clean."""
@@ -65,7 +63,6 @@ def test_a_harmless_refactor_runs_exactly_as_its_base():
         assert mine.trace_hash == base.trace_hash and not mine.findings, seed
 
 
-@pytest.mark.integration
 def test_a_repro_is_bound_to_the_patch_it_was_recorded_against(tmp_path):
     patch = tmp_path / "p.py"
     shutil.copy(PLANTED, patch)
@@ -98,7 +95,6 @@ BAD = {
 }
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_a_bad_patch_is_refused_with_one_sentence(tmp_path, kind):
     text, says = BAD[kind]
@@ -111,7 +107,6 @@ def test_a_bad_patch_is_refused_with_one_sentence(tmp_path, kind):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.integration
 def test_variants_lists_a_patch_and_shows_it_beside_its_base():
     p = tdx("variants", PLANTED)
     assert p.returncode == 0
@@ -156,7 +151,6 @@ class SkipTrack:
 '''
 
 
-@pytest.mark.integration
 def test_a_package_ships_a_patch_by_module_name_and_entry_point(tmp_path):
     """``--variant module:Name`` and the ``tdx_stress.variants`` entry-point group."""
     (tmp_path / "mypatches.py").write_text(SHIPPED)
@@ -183,7 +177,6 @@ def test_a_package_ships_a_patch_by_module_name_and_entry_point(tmp_path):
     assert p.returncode == 2 and "module mypatches has no Nope" in p.stderr
 
 
-@pytest.mark.integration
 def test_seed_000s_patch_over_v6_19_behaves_as_refactor_2026():
     """examples/patches/seed000_single_hook.py: v6.19 plus seed 000's single hook in the
     after order.  With injected BUSY (where the two orders differ: the after order
@@ -206,7 +199,6 @@ def test_seed_000s_patch_over_v6_19_behaves_as_refactor_2026():
     assert differ >= 1
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(200)
 def test_the_nightly_job_takes_patches_and_keeps_its_directory_flat(tmp_path):
     """A patch as an as-designed variant and as the canary of ``nightly``: the harmless one
@@ -221,6 +213,7 @@ def test_the_nightly_job_takes_patches_and_keeps_its_directory_flat(tmp_path):
                     "examples_patches_retry_loop_refactor.py"], dirs
 
 
+@pytest.mark.unit
 def test_table_counts_an_as_designed_patch_that_opens_a_row_as_a_disagreement(
         table_observation):
     """``table --variant PATCH``: a patch that plants no bug is held to the as-designed
@@ -236,7 +229,6 @@ def test_table_counts_an_as_designed_patch_that_opens_a_row_as_a_disagreement(
     assert bad == [f"row 11 is not allowed on the mirror but was seen in {HARMLESS}"]
 
 
-@pytest.mark.integration
 def test_table_runs_a_patch_beside_the_built_in_variants(tmp_path):
     p = tdx("table", "--duration", "0.3", "--variant", HARMLESS)
     assert p.returncode in (0, 1), p.stderr
@@ -314,7 +306,6 @@ def test_a_patch_may_override_what_a_built_in_patch_adds(tmp_path):
         get_variant(str(bad))
 
 
-@pytest.mark.integration
 def test_the_populate_example_opens_row_4_where_hugepage_rfc_does_not():
     """examples/patches/populate_under_write_lock.py, the table's example: the same seeds
     link mirror tables under the write lock (row 4) with the patch, never without it."""
@@ -325,3 +316,13 @@ def test_the_populate_example_opens_row_4_where_hugepage_rfc_does_not():
     base = [run_seed(RunConfig(variant="hugepage-rfc"), s, record_steps=False).rows[4]
             for s in range(12)]
     assert sum(1 for n in mine if n) >= 2 and not any(base), (mine, base)
+
+
+@pytest.mark.unit
+def test_the_model_hash_covers_the_built_in_patches_and_the_strategies():
+    """A repro's schedule means what the machine, its built-in patches, the scheduler and
+    its strategies make of it: an edit of any of them must change the model hash."""
+    from stress.repro import model_files
+    names = {p.relative_to(ROOT).as_posix() for p in model_files()}
+    assert {"core/kvm.py", "core/patches/hugepage_rfc.py", "core/patches/hunt_d.py",
+            "stress/controlled.py", "stress/strategies.py", "stress/workload.py"} <= names

@@ -28,9 +28,10 @@ from core.spte import (
     spte_to_pfn,
 )
 from core.store import KvmMmuPage
-from stress.controlled import ControlledScheduler, ScriptStrategy
+from stress.controlled import ControlledScheduler
+from stress.strategies import ScriptStrategy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 BIT63 = 1 << 63
 JOIN = 10.0
@@ -85,7 +86,6 @@ def controlled(script: list[tuple], max_steps: int = 5000) -> tuple[ControlledSc
                                                                     Recorder]:
     rec = Recorder()
     sched = ControlledScheduler(ScriptStrategy(script), recorder=rec, max_steps=max_steps)
-    rec._step_of = lambda: sched.step
     return sched, rec
 
 
@@ -469,6 +469,7 @@ def test_mmu_lock_reader_gets_in_during_writer_stream():
     assert got_in, "reader starved by a stream of writers"
 
 
+@pytest.mark.scripted
 @pytest.mark.parametrize("holder,first,second,snap_want,order_want", [
     # (a) r1 holds, w queues, then r2 must queue behind w, not enter.  r2 has a lower
     # index than w: if r2 could enter past w, it would go first after r1.
@@ -648,6 +649,7 @@ def test_lock_mode_is_per_thread():
 
 
 # ------------------------------------------------------------------------ 6. RCU
+@pytest.mark.scripted
 def test_call_rcu_waits_for_every_reader_at_call_time():
     """call_rcu's callback runs only once every reader inside at call time has left."""
     sched, rec = controlled([
@@ -686,6 +688,7 @@ def test_call_rcu_waits_for_every_reader_at_call_time():
     assert rcu.grace_periods == 1 and rcu.pending == []
 
 
+@pytest.mark.scripted
 def test_call_rcu_not_run_while_reader_inside():
     """A callback queued while a reader is inside stays pending until that reader leaves."""
     sched, rec = controlled([
@@ -721,6 +724,7 @@ def test_call_rcu_without_readers_runs_at_once():
     assert ran == [1] and rcu.pending == [] and rcu.grace_periods == 1
 
 
+@pytest.mark.scripted
 def test_rcu_nested_read_sections():
     """Nested rcu_read_lock: only the outermost lock/unlock is an operation and ends a GP."""
     sched, rec = controlled([
@@ -770,6 +774,7 @@ def test_rcu_nested_step_count_single_thread():
     assert sched.step == 2 and current().rcu_depth == 0
 
 
+@pytest.mark.scripted
 def test_rcu_barrier_runs_ended_callbacks_and_counts_the_rest():
     """rcu_barrier returns how many callbacks still wait; zero once all readers left."""
     sched, rec = controlled([
@@ -801,6 +806,7 @@ def test_rcu_barrier_runs_ended_callbacks_and_counts_the_rest():
     assert rcu.grace_periods == 2
 
 
+@pytest.mark.scripted
 def test_rcu_freed_page_read_is_use_after_free():
     """A page freed by an RCU callback: reads inside the section are fine, after it BUG."""
     sched, rec = controlled([

@@ -20,6 +20,7 @@ from stress.repro import SCHEMA, load_repro, make_repro, write_repro
 from stress.runner import hunt_stop, run_seed
 
 pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("core.variants", "stress.config", "stress.campaign", "stress.cli", "stress.runner",
          "reports.render", "loguru", "psutil")
@@ -234,6 +235,7 @@ def test_repro_files_are_regression_tests(pytester, inner, hunt_d_repros):
     assert "1 error" in out and "Traceback" not in out
 
 
+@pytest.mark.unit
 def test_plugin_constants_match_the_tool():
     assert pytest_plugin.REPRO_SCHEMA == SCHEMA
     assert pytest_plugin._reword("--depth must be between 1 and 20", cmdline=True) == \

@@ -14,21 +14,17 @@ from pathlib import Path
 import pytest
 
 from core.oracle import EXPECTED
-from reports import render
-from reports.render import (
-    PLOT_HINT,
-    copy_findings,
-    lane_path,
-    load_summary,
-    merge_summaries,
-    write_reports,
-)
+from reports import rundir
+from reports.render import PLOT_HINT, write_reports
+from reports.rundir import copy_findings, lane_path, load_summary
+from reports.summary import merge_summaries
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "screenshot_report.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from screenshot_report import dump_dom, find_chromium  # noqa: E402
 
+pytestmark = pytest.mark.integration
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium; CI "
@@ -38,22 +34,16 @@ needs_chromium = pytest.mark.skipif(
 def write_lanes(d: Path) -> int:
     """What the campaign is to do after a run: replay each kept repro with steps
     recorded and store its swim lane beside it (tests may run the machine)."""
+    from reports.swimlane import render as lane
+    from stress.replay import replay
     from stress.repro import load_repro
-    from stress.runner import run_seed
-    from stress.swimlane import render as lane
     n = 0
     for f in json.loads((d / "summary.json").read_text())["findings"]:
         # the model may be edited while the suite runs: this is about reports, not repros
-        rp = load_repro(d / f["repro"], check_version=False)
-        stop = lambda x, sig=rp.signature: x.signature == sig  # noqa: E731
-        if rp.trace is not None:
-            r = run_seed(rp.config.with_(mode="controlled"), rp.seed, trace=rp.trace,
-                         workload=rp.workload, stop_on=stop)
-        else:
-            r = run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
-                         stop_on=stop)
-        hit = next(x for x in r.findings if x.signature == rp.signature)
-        (d / lane_path(f["repro"])).write_text(lane(r.step_log, r.threads, hit, last=40))
+        got = replay(load_repro(d / f["repro"], check_version=False))
+        assert got.hit is not None
+        (d / lane_path(f["repro"])).write_text(lane(got.run.step_log, got.run.threads,
+                                                    got.hit, last=40))
         n += 1
     return n
 
@@ -329,7 +319,7 @@ def test_a_soaks_resource_samples_are_plotted_and_tabled(run_dir, tmp_path):
                                  "open_files": 12 + i % 3, "processes": 3,
                                  "runs": 40 * i}, sort_keys=True) + "\n")
         fh.write('{"event": "resources", "elapsed_s": 10')       # cut short by SIGKILL
-    assert len(render.read_resources(d)) == 50
+    assert len(rundir.read_resources(d)) == 50
     write_reports(load_summary(d), d)
     page = (d / "report.html").read_text()
     fig = page[page.index('<figure id="plot-rss"'):]

@@ -5,13 +5,13 @@ import pytest
 
 from core.findings import Finding
 from core.variants import get_variant
+from reports.swimlane import render
 from stress.config import ConfigError, RunConfig
 from stress.repro import ReproError, load_repro, make_repro, write_repro
 from stress.runner import hunt_stop, run_seed
 from stress.shrink import shrink_repro
-from stress.swimlane import render
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SMALL = dict(ops=4)
 
@@ -59,6 +59,7 @@ def test_run_is_a_pure_function_of_config_and_seed(strategy):
     assert other.trace_hash != first.trace_hash
 
 
+@pytest.mark.unit
 def test_config_rejects_nonsense():
     for kw in (dict(variant="nope"), dict(mode="chaos"), dict(strategy="dfs"),
                dict(depth=0), dict(vcpus=0), dict(busy_rate=1.5), dict(ops=0)):
@@ -159,6 +160,7 @@ def test_swim_lanes_show_the_failing_step():
     assert "as its consequences" in text and "KVM_BUG_ON handle_changed_spte" in text
 
 
+@pytest.mark.unit
 def test_repro_file_errors_are_one_sentence(tmp_path):
     cases = {
         "missing.json": None,

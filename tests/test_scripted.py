@@ -7,7 +7,7 @@ from core.guest import ProgramGuest
 from core.tdx_module import FREE, MAPPED, NL_MAPPED, PENDING
 from stress.testing import Sequencer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.scripted, pytest.mark.timeout(60)]
 
 ZS_GFN = 0x7       # the GFN a zero-step vCPU keeps faulting on (4K region)
 
@@ -71,6 +71,8 @@ def test_b_promotion_busy_is_retried_with_vcpus_out():
     every vCPU kicked out and wait_for_sept_zap set, goes through, and the table
     becomes a 2M leaf with no bug."""
     seq = Sequencer("hunt-b", [("through", "vcpu0", "TDH.VP.ENTER:lock"),
+                               ("until", "promoter", "kvm_kick.wait"),
+                               ("through", "vcpu0", "vcpu->mode"),     # kicked out
                                ("finish", "promoter")])
     _split_region(seq)
     seq.arm_zero_step(0, ZS_GFN)
@@ -124,7 +126,10 @@ def _two_mapped_leaves(seq):
 def test_c_two_read_lock_removals_race(variant, bug):
     """(c): two leaf removals under the read lock: one holds the tree lock in BLOCK while
     the other's BLOCK fails twice (tdh_do_no_vcpus cannot help) -> TDX_BUG_ON path c."""
-    seq = Sequencer(variant, [("through", "z1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "z2")])
+    # strict for the hunt; lenient as designed, where the same script meets the write
+    # lock z1 holds (z2 waits; z1 goes on until z2 can run): that wait is the point
+    seq = Sequencer(variant, [("through", "z1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "z2")],
+                    strict=bug)
     _two_mapped_leaves(seq)
     seq.run(z1=lambda: seq.kvm.kvm_gmem_error_folio(0x3, 0x4),
             z2=lambda: seq.kvm.kvm_gmem_error_folio(0x4, 0x5))

@@ -8,6 +8,8 @@ from core.kvm import Kvm
 from core.sched import current
 from core.variants import VARIANTS
 
+pytestmark = pytest.mark.unit
+
 
 def drive(variant: str) -> tuple[Kvm, dict[int, int]]:
     kvm = Kvm(variant, nr_vcpus=1)

@@ -50,9 +50,10 @@ from core.tdx_module import (
     TD_TEARDOWN,
     TdxModule,
 )
-from stress.controlled import ControlledScheduler, ScriptStrategy
+from stress.controlled import ControlledScheduler
+from stress.strategies import ScriptStrategy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 G = 0x1          # a 4K GFN in the level-2 table at 0x0
 G2M = 0x200      # a 2M-aligned GFN (its own level-2 entry, same level-3/4 entries as G)
@@ -175,6 +176,7 @@ def test_sept_add_entry_state_incorrect_when_not_free():
     assert m.entry(G2M, 2).state == PENDING and m.entry(G2M, 2).pfn == PFN_2M
 
 
+@pytest.mark.scripted
 def test_sept_add_busy_on_entry_lock():
     """§4.1 SEPT.ADD takes the entry lock: a second SEPT.ADD of the same entry is BUSY."""
     sched, m = controlled([("through", "t1", "TDH.MEM.SEPT.ADD:lock"), ("finish", "t2")])
@@ -211,6 +213,7 @@ def test_page_aug_not_allowed_before_finalize():
     assert m.tdh_mem_page_aug(G, PG_LEVEL_4K, 0x5000) == TDX_SUCCESS
 
 
+@pytest.mark.scripted
 def test_page_aug_busy_on_entry_lock():
     """§4.1 PAGE.AUG takes the entry lock: a second AUG of the same GPA is BUSY."""
     sched, m = controlled([("through", "t1", "TDH.MEM.PAGE.AUG:lock"), ("finish", "t2")])
@@ -237,6 +240,7 @@ def test_page_add_only_before_finalize():
     assert m.entry(G + 1, PG_LEVEL_4K).state == FREE
 
 
+@pytest.mark.scripted
 def test_page_add_busy_on_tdr():
     """§4.1 PAGE.ADD takes the TDR exclusively: BUSY(TDR) while a SEPT.ADD holds it shared."""
     sched, m = controlled([("through", "t1", "TDH.MEM.SEPT.ADD:lock"), ("finish", "t2")])
@@ -276,6 +280,7 @@ def test_range_block_states_and_errors():
     assert status(m.tdh_mem_range_block(G2M, PG_LEVEL_2M)) == TDX_GPA_RANGE_ALREADY_BLOCKED
 
 
+@pytest.mark.scripted
 def test_range_block_busy_on_tree_lock():
     """§4.1 RANGE.BLOCK takes the tree lock exclusively: a BLOCK of another GPA is BUSY."""
     sched, m = controlled([("through", "t1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "t2")])
@@ -291,6 +296,7 @@ def test_range_block_busy_on_tree_lock():
 
 
 # ---------------------------------------------------------------- TDH.MEM.TRACK
+@pytest.mark.scripted
 def test_track_busy_against_vp_enter_in_flight():
     """§4.1 TRACK takes the epoch lock exclusively: BUSY(epoch) while a VP.ENTER holds it."""
     sched, m = controlled([("through", "t1", "TDH.VP.ENTER:lock"), ("finish", "t2")])
@@ -303,6 +309,7 @@ def test_track_busy_against_vp_enter_in_flight():
     assert m.vcpus[0].running_epoch == 1
 
 
+@pytest.mark.scripted
 def test_track_busy_against_another_track():
     """§4.1 TRACK takes the epoch lock exclusively: a second TRACK in flight is BUSY(epoch)."""
     sched, m = controlled([("through", "t1", "TDH.MEM.TRACK:lock"), ("finish", "t2")])
@@ -344,6 +351,7 @@ def test_page_remove_needs_block_then_track():
     assert m.audit == []
 
 
+@pytest.mark.scripted
 def test_page_remove_busy_on_tree_lock():
     """§4.1 PAGE.REMOVE takes the tree lock shared: BUSY while a RANGE.BLOCK holds it."""
     sched, m = controlled([("through", "t1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "t2")])
@@ -409,6 +417,7 @@ def test_page_demote_blocked_tracked_2m_leaf():
     assert m.leaf_of(G2M + 7) == (PG_LEVEL_4K, kids[7])
 
 
+@pytest.mark.scripted
 def test_page_demote_busy_on_tree_lock():
     """§4.2 PAGE.DEMOTE fails OPERAND_BUSY while another SEAMCALL holds the tree lock."""
     sched, m = controlled([("through", "t1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "t2")])
@@ -426,6 +435,7 @@ def test_page_demote_busy_on_tree_lock():
 
 
 # ---------------------------------------------------------------- TDH.MEM.PAGE.PROMOTE
+@pytest.mark.scripted
 def test_page_promote_busy_while_accept_in_flight():
     """§4.2/§6 PAGE.PROMOTE is OPERAND_BUSY while a guest ACCEPT holds a child's entry lock."""
     sched, m = controlled([("through", "g", "TDG.MEM.PAGE.ACCEPT:lock"), ("finish", "h")])
@@ -471,6 +481,7 @@ def test_reclaim_needs_hkid_released():
 
 
 # ---------------------------------------------------------------- TDH.VP.ENTER
+@pytest.mark.scripted
 def test_vp_enter_busy_on_tree_lock_under_zero_step():
     """§4.4 VP.ENTER under zero-step takes the tree lock exclusively: BUSY while AUG holds it."""
     sched, m = controlled([("through", "t1", "TDH.MEM.PAGE.AUG:lock"), ("finish", "t2")])
@@ -487,6 +498,7 @@ def test_vp_enter_busy_on_tree_lock_under_zero_step():
     assert m.vcpus[0].running_epoch == m.td_epoch
 
 
+@pytest.mark.scripted
 def test_vp_enter_busy_on_epoch_lock_vs_track():
     """§4.1 VP.ENTER takes the epoch lock shared: BUSY(epoch) while a TRACK holds it."""
     sched, m = controlled([("through", "t1", "TDH.MEM.TRACK:lock"), ("finish", "t2")])
@@ -512,6 +524,7 @@ def test_accept_pending_then_already_accepted():
     assert m.entry(G, PG_LEVEL_4K).state == MAPPED
 
 
+@pytest.mark.scripted
 def test_accept_busy_while_host_holds_entry_lock():
     """§4.1 ACCEPT is OPERAND_BUSY while a host SEAMCALL (AUG in flight) holds the entry lock."""
     sched, m = controlled([("through", "h", "TDH.MEM.PAGE.AUG:lock"), ("finish", "g")])
@@ -527,6 +540,7 @@ def test_accept_busy_while_host_holds_entry_lock():
 
 
 # ====================================================================== 2. two yield points
+@pytest.mark.scripted
 @pytest.mark.parametrize("script, interleaved", [
     ([("through", "t1", "TDH.MEM.RANGE.BLOCK:lock"), ("finish", "t2")], True),
     ([("finish", "t1"), ("finish", "t2")], False),
@@ -555,6 +569,7 @@ def test_seamcall_spans_two_yield_points(script, interleaved):
         assert m.busy == {}
 
 
+@pytest.mark.scripted
 def test_shared_tree_lock_lets_two_augs_overlap():
     """§4.1 AUG takes the tree lock shared: two AUGs of different GPAs overlap without BUSY."""
     sched, m = controlled([("through", "t1", "TDH.MEM.PAGE.AUG:lock"), ("finish", "t2")])
@@ -617,6 +632,7 @@ def test_zero_step_records_at_most_32_gpas():
     assert v.zstep_gpas == [0x1000 + i for i in range(32)]
 
 
+@pytest.mark.scripted
 @pytest.mark.parametrize("armed", [True, False])
 def test_zero_step_vp_enter_holds_tree_lock_exclusively(armed):
     """§4.4 armed VP.ENTER holds the tree lock: AUG/SEPT.ADD/REMOVE/BLOCK are BUSY meanwhile."""
@@ -668,6 +684,7 @@ def test_zero_step_vp_enter_fakes_ept_violation_for_unmapped_gpa():
 
 
 # ====================================================================== 4. host priority
+@pytest.mark.scripted
 def test_host_priority_bit():
     """§4.1 host sets the bit, guest gets BUSY_HOST_PRIORITY, the host's retry clears it."""
     sched, m = controlled([("through", "g", "TDG.MEM.PAGE.ACCEPT:lock"), ("finish", "h")])
@@ -786,6 +803,7 @@ def test_aug_and_sept_add_after_the_hkid_is_freed():
     assert m.tdh_mem_sept_add(G2M, PG_LEVEL_2M, next(_pages)) == TDX_TD_KEYS_NOT_CONFIGURED
 
 
+@pytest.mark.scripted
 def test_demote_takes_the_tree_lock_shared():
     """tdh_mem_page_demote.c: the tree lock is shared, so a DEMOTE goes through while an
     AUG holds it shared (before: exclusive, BUSY)."""

@@ -1,7 +1,8 @@
 """Swim lanes: a plain-text diagram of the steps leading to a finding.
 
 One column per thread, one row per step, the operation and its result in the column of
-the thread that took it, the failing step marked.  Plain ASCII so it survives a mailing
+the thread that took it, the failing step marked (drawn from a replay's step log: the
+replay itself is :func:`stress.replay.lane_for_repro`'s).  Plain ASCII so it survives a mailing
 list.  Example (abridged)::
 
     step   | vcpu0                      | zapper0
@@ -12,12 +13,15 @@ list.  Example (abridged)::
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from core.findings import Finding
 from core.spte import describe
 from core.store import KvmMmuPage
 from core.tdx_errno import name as err_name
 
-from .controlled import Step
+if TYPE_CHECKING:        # reports/ never runs the machine: a step is only read here
+    from stress.controlled import Step
 
 _SEAM = ("TDH.", "TDG.")
 
@@ -97,29 +101,3 @@ def render(steps: list[Step], threads: list[str], finding: Finding | None = None
                 lines.append(f"          step {c['step']:>5} {c['thread']}: {c['kind']} "
                              f"{c['where']}: {c['message'].splitlines()[0]}")
     return "\n".join(lines)
-
-
-def replay_repro(rp, *, record_steps: bool = True):
-    """Replay a loaded repro the way ``tdx-stress replay`` does: a free run's trace under
-    the controlled scheduler, else its schedule; stop at its finding."""
-    from .runner import run_seed
-    stop = lambda f: f.signature == rp.signature  # noqa: E731
-    if rp.trace is not None:
-        return run_seed(rp.config.with_(mode="controlled"), rp.seed, trace=rp.trace,
-                        workload=rp.workload, stop_on=stop, record_steps=record_steps)
-    return run_seed(rp.config, rp.seed, schedule=rp.schedule, workload=rp.workload,
-                    stop_on=stop, record_steps=record_steps)
-
-
-def lane_for_repro(repro: dict, last: int = 40) -> str | None:
-    """The swim lane of a repro (a ``tdx-stress/repro/1`` dict), or None when its replay
-    diverges or does not fire the finding."""
-    from .repro import Repro
-    rp = Repro(repro)
-    r = replay_repro(rp)
-    hit = next((f for f in r.findings if f.signature == rp.signature), None)
-    if r.divergence or hit is None:
-        return None
-    return render(r.step_log, r.threads, hit, last=last,
-                  consequences=rp.finding.get("consequences") or [])
-

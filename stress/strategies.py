@@ -1,0 +1,279 @@
+"""Strategies of the controlled scheduler: who runs next, and nothing else.
+
+A strategy is ``choose(view, runnable) -> thread index`` (Shuttle's
+``Scheduler::next_task(runnable, current, ...)``): it sees the run only through a
+read-only :class:`~stress.controlled.SchedulerView` (the step, the thread giving up the
+baton and the operation it is about to take, each thread's next and last operation),
+never the scheduler itself; it ends a run by raising :class:`EndOfSchedule`, and a
+schedule it cannot follow by raising :class:`ScheduleDiverged`.
+
+* :class:`RandomStrategy`, :class:`PCTStrategy`: search;
+* :class:`ReplayStrategy` (a recorded schedule, exactly or leniently),
+  :class:`RunReplayStrategy` (by runs, the shrinker's and the plugin's lenient replay),
+  :class:`TraceStrategy` (a free run's trace): replay;
+* :class:`ScriptStrategy`: a test decides the interleaving.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+from core.sched import YIELD_HINTS
+
+from .controlled import EndOfSchedule, ScheduleDiverged, SchedulerView, rle
+
+
+class Strategy:
+    """Picks the next thread: ``choose(view, runnable)`` returns one of ``runnable`` (thread
+    indexes).  It reads the run through ``view`` (a :class:`SchedulerView`) only, and
+    ends the run by raising :class:`EndOfSchedule`."""
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        raise NotImplementedError
+
+
+class RandomStrategy(Strategy):
+    """Uniform random walk over the runnable threads."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        return runnable[0] if len(runnable) == 1 else self.rng.choice(runnable)
+
+
+def is_sync(label: str) -> bool:
+    """Where PCT may place a priority change: the second step of a SEAMCALL or TDCALL,
+    i.e. the thread holds the module's locks and is about to apply the effect.
+
+    Every BUSY of the TDX module comes from a thread parked in such a window, so these
+    are the preemptions that expose the races the tool hunts; counting only them keeps
+    PCT's k (and so its bound 1/(n*k^(d-1))) small.  Plain SPTE reads, the bulk of the
+    steps, would dilute the change points without exposing anything new.
+    """
+    return label.startswith(("TDH.", "TDG.")) and not label.endswith(":lock")
+
+
+BURST = 64   # most steps another thread gets at a spin hint
+
+
+def pct_horizon(operations: int) -> int:
+    """PCT's k for a run of ``operations`` zapper operations and guest instructions: a
+    rough count of the steps it takes (three an operation, at least 20), so that change
+    points land inside the run rather than after it."""
+    return max(20, 3 * operations)
+
+
+class PCTStrategy(Strategy):
+    """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
+
+    Threads get distinct random priorities; the highest-priority runnable thread runs.
+    ``depth - 1`` change points are drawn uniformly over the first ``max_steps``
+    SEAMCALL windows (:func:`is_sync`); at each, the thread about to finish that
+    SEAMCALL drops below every other, holding the module's locks.  (``sync`` chooses
+    which steps count; None counts every step, the textbook algorithm.)  A bug of
+    depth d in a run of k such steps with n threads is found with probability at
+    least 1/(n * k^(d-1)).  At a spin hint (``cpu_relax``/``cond_resched``) a random
+    other thread gets a burst of up to 64 steps, so a spin-wait cannot starve the thread
+    it waits for.
+    """
+
+    def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000,
+                 sync: Callable[[str], bool] | None = None) -> None:
+        self.rng = rng
+        self.sync = sync
+        self.depth = depth
+        self.max_steps = max_steps
+        self.priorities: dict[int, float] = {}
+        self.change_points = sorted(rng.randrange(1, max(2, max_steps))
+                                    for _ in range(max(0, depth - 1)))
+        self.sync_steps = 0
+        self._low = 0.0
+        self._burst = 0          # steps left in a spin hint's burst
+        self._burst_to = -1
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        for i in runnable:
+            if i not in self.priorities:
+                # fresh threads get a random priority above every changed one
+                self.priorities[i] = 1.0 + self.rng.random()
+        cur, label = view.current, view.current_label
+        if cur is not None and (self.sync is None or self.sync(label)):
+            self.sync_steps += 1
+            while self.change_points and self.sync_steps >= self.change_points[0]:
+                self.change_points.pop(0)
+                if cur in self.priorities:
+                    self._demote(cur)
+        if self._burst and self._burst_to in runnable:
+            self._burst -= 1
+            return self._burst_to
+        self._burst = 0
+        if cur is not None and label in YIELD_HINTS and len(runnable) > 1:
+            # A spinning thread waits for others.  Give a random other thread a burst of
+            # steps, then come back: the spinner keeps its priority (so it really spins,
+            # as a vCPU bouncing off an invalid memslot does until zero-step arms), and
+            # the others progress as they would on other CPUs (so no spin livelocks).
+            others = [i for i in runnable if i != cur]
+            self._burst_to = others[0] if len(others) == 1 else self.rng.choice(others)
+            self._burst = self.rng.randrange(0, BURST)
+            return self._burst_to
+        return max(runnable, key=lambda i: self.priorities[i])
+
+    def _demote(self, index: int) -> None:
+        self._low -= 1.0
+        self.priorities[index] = self._low
+
+
+def keep_running(view: SchedulerView, runnable: list[int]) -> int:
+    """Lenient replay's choice where the schedule says nothing (it ended, or names a
+    thread that cannot run): no preemption, so the running thread goes on; but a thread
+    at a spin hint yields to the next runnable thread in index order, as a spinning CPU
+    lets the others progress.  (Keeping a spinner would livelock it into a false HANG
+    after thousands of steps, the shrinker's commonest waste.)"""
+    cur = view.current
+    if cur is None or cur not in runnable:
+        return runnable[0]
+    if view.current_label in YIELD_HINTS and len(runnable) > 1:
+        later = [i for i in runnable if i > cur]
+        return later[0] if later else runnable[0]
+    return cur
+
+
+class ReplayStrategy(Strategy):
+    """Follow a recorded schedule exactly; diverge loudly if it cannot be followed.
+
+    With ``lenient=True`` (the shrinker's mode) a decision that cannot be followed takes
+    the thread that ran last if it can go on, else the lowest runnable one
+    (:func:`keep_running`), so that any edited schedule is a valid one.
+    """
+
+    def __init__(self, schedule: Sequence[int], lenient: bool = False) -> None:
+        self.schedule = list(schedule)
+        self.pos = 0
+        self.lenient = lenient
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        if self.pos >= len(self.schedule):
+            if self.lenient:
+                return keep_running(view, runnable)
+            cur = view.current
+            return cur if cur is not None and cur in runnable else runnable[0]
+        want = self.schedule[self.pos]
+        self.pos += 1
+        if want in runnable:
+            return want
+        if self.lenient:
+            return keep_running(view, runnable)
+        names = view.names
+        who = names[want] if want < len(names) else f"#{want}"
+        raise ScheduleDiverged(view.step, f"schedule wants {who}, which is not runnable "
+                               f"(runnable: {[names[i] for i in runnable]})")
+
+
+class RunReplayStrategy(Strategy):
+    """Lenient replay by runs: the schedule read as "give thread T its next n steps".
+
+    An edited workload changes how many steps a thread takes; positional replay then
+    shifts every later decision of every thread, while replay by runs keeps the other
+    threads' runs where they were.  A run whose thread cannot go on is cut short.  The
+    shrinker's first try for a candidate.
+    """
+
+    def __init__(self, schedule: Sequence[int]) -> None:
+        runs = rle(schedule)
+        self.runs = runs
+        self.i = 0
+        self.left = runs[0][1] if runs else 0
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        while self.i < len(self.runs):
+            t = self.runs[self.i][0]
+            if self.left > 0 and t in runnable:
+                self.left -= 1
+                return t
+            self.i += 1
+            if self.i < len(self.runs):
+                self.left = self.runs[self.i][1]
+        return keep_running(view, runnable)
+
+
+class ScriptStrategy(Strategy):
+    """A test decides the interleaving, step by step (Trio's Sequencer, for threads).
+
+    ``script`` is a list of directives, each a tuple:
+
+    * ``("until", name, label)``: run ``name`` until its next operation is ``label``
+      (that operation is not taken yet);
+    * ``("through", name, label)``: run ``name`` until it has taken ``label``;
+    * ``("steps", name, n)``: run ``name`` for ``n`` operations;
+    * ``("finish", name)``: run ``name`` until it ends.
+
+    After the script, threads run to the end in order of their index.  A directive that
+    names a thread which cannot run raises :class:`ScheduleDiverged`, unless ``strict`` is
+    false: then the lowest-index runnable thread goes until the named one can run (so one
+    script can be applied to variants where a lock makes that thread wait).
+    """
+
+    def __init__(self, script: Sequence[tuple], strict: bool = True) -> None:
+        self.strict = strict
+        self.script = list(script)
+        self.pos = 0
+        self.count = 0
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        names = view.names
+        while self.pos < len(self.script):
+            d = self.script[self.pos]
+            kind, name = d[0], d[1]
+            idx = names.index(name)
+            finished = view.finished(idx)
+            done = False
+            if kind == "until":
+                done = finished or view.label(idx) == d[2]
+            elif kind == "through":
+                done = finished or (view.last_op(idx) == d[2] and self.count > 0)
+            elif kind == "steps":
+                done = self.count >= d[2] or finished
+            elif kind == "finish":
+                done = finished
+            else:
+                raise ValueError(f"unknown directive {d!r}")
+            if done:
+                self.pos += 1
+                self.count = 0
+                continue
+            if idx not in runnable:
+                if not self.strict:
+                    return runnable[0]
+                raise ScheduleDiverged(view.step, f"script directive {d!r}: {name} is not "
+                                       f"runnable (at {view.label(idx)})")
+            self.count += 1
+            return idx
+        return runnable[0]
+
+
+class TraceStrategy(Strategy):
+    """Make the controlled scheduler follow a free run's linearised trace.
+
+    The trace names the thread of every step.  A decision that starts a thread which has
+    not taken a step yet does not consume the trace (starting is not an operation); when
+    the trace is used up the run is over (the free run ended there too).
+    """
+
+    def __init__(self, trace: Sequence[int]) -> None:
+        self.trace = list(trace)
+        self.pos = 0
+
+    def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        if self.pos >= len(self.trace):
+            raise EndOfSchedule("end of the free-mode trace")
+        want = self.trace[self.pos]
+        names = view.names
+        if want >= len(names) or want not in runnable:
+            who = names[want] if want < len(names) else f"#{want}"
+            raise ScheduleDiverged(view.step, f"trace wants {who} for step {self.pos + 1}, "
+                                   f"which cannot run there (runnable: "
+                                   f"{[names[i] for i in runnable]})")
+        if view.started(want):
+            self.pos += 1
+        return want
