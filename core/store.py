@@ -22,7 +22,6 @@ class PageAllocator:
 
     def __init__(self, first: int = 0x1000) -> None:
         self._next = first
-        self.freed: set[int] = set()
 
     def alloc(self) -> int:
         pfn = self._next

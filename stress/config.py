@@ -44,30 +44,45 @@ class ConfigError(ValueError):
 SEED_ENV = "TDX_STRESS_SEED"
 
 
-def whole(text: str) -> int:
-    """A whole number (``--depth``)."""
+def whole(value: str | int) -> int:
+    """A whole number (``--depth``): a decimal string, or an int (not a bool)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a whole number")
     try:
-        return int(text)
+        return int(value)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a whole number") from None
+        raise ConfigError(f"{value!r} is not a whole number") from None
 
 
-def positive_int(text: str) -> int:
+def positive_int(value: str | int) -> int:
     """A whole number of at least 1 (``--seeds``, ``--workers``)."""
-    v = whole(text)
+    v = whole(value)
     if v < 1:
-        raise ConfigError(f"{text!r} must be at least 1")
+        raise ConfigError(f"{value!r} must be at least 1")
     return v
 
 
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds (``--duration``, ``--checkpoint``)."""
+def seconds(value: str | float) -> float:
+    """A positive, finite number of seconds (``--duration``, ``--checkpoint``): a string,
+    or a number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{value!r} is not a number of seconds")
     try:
-        v = float(text)
+        v = float(value)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a number of seconds") from None
+        raise ConfigError(f"{value!r} is not a number of seconds") from None
     if not v > 0 or v != v or v == float("inf"):
-        raise ConfigError(f"{text!r} must be a positive number of seconds")
+        raise ConfigError(f"{value!r} must be a positive number of seconds")
+    return v
+
+
+def seed_value(value: str | int) -> int:
+    """A base seed: a whole number of at least 0."""
+    v = whole(value)
+    if v < 0:
+        raise ConfigError(f"{value!r} must not be negative")
     return v
 
 

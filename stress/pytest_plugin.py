@@ -475,15 +475,22 @@ class TdxStress:
                 self._bad(problem)
         else:
             s["seed_source"] = "the test"
-        for key in ("seed", "seeds", "workers"):
-            v = s[key]
-            if v is not None and (type(v) is not int or v < (0 if key == "seed" else 1)):
-                self._bad(f"{key} must be a whole number of at least "
-                          f"{0 if key == 'seed' else 1}, not {v!r}")
-        d = s["duration"]
-        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float))
-                              or not 0 < d < float("inf")):
-            self._bad(f"duration must be a positive number of seconds, not {d!r}")
+        from stress.config import ConfigError, positive_int, seconds, seed_value
+        checks = {"seed": seed_value, "seeds": positive_int, "workers": positive_int,
+                  "duration": seconds}
+        problem = ""
+        for key, check in checks.items():
+            if s[key] is not None and not isinstance(s[key], str):
+                try:
+                    check(s[key])
+                except ConfigError as e:
+                    problem = f"{key}: {e}"
+                    break
+            elif s[key] is not None:
+                problem = f"{key}: {s[key]!r} is a string; give a number"
+                break
+        if problem:
+            self._bad(problem)
         return s
 
     def _bad(self, sentence: str) -> NoReturn:

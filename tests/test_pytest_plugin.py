@@ -68,6 +68,10 @@ def test_bad_variant(tdx_stress):
 @pytest.mark.tdx_stress(bogus=1)
 def test_bad_key(tdx_stress):
     tdx_stress.run()
+
+@pytest.mark.tdx_stress(seeds=0)
+def test_bad_seeds(tdx_stress):
+    tdx_stress.run()
 """
 
 
@@ -114,13 +118,14 @@ def test_hunt_fails_with_replay_command_and_as_designed_passes(pytester, inner, 
     last.unlink()
     monkeypatch.setenv("TDX_STRESS_SEED", "5")
     r = inner()
-    r.assert_outcomes(passed=1, failed=2)
+    r.assert_outcomes(passed=1, failed=3)
     s = json.loads(last.read_text())
     assert (s["variant"], s["runs"], s["base_seed"]) == ("hugepage-rfc", 30, 5)
     out = r.stdout.str()
     assert "tdx-stress: variant per test, base seed 5 ($TDX_STRESS_SEED)" in out
     assert "tdx-stress: unknown variant 'nope'; valid variants: v6.19" in out
     assert "tdx-stress: unknown tdx_stress setting bogus in marker; valid: " in out
+    assert "tdx-stress: seeds: 0 must be at least 1" in out    # stress.config's check
 
 
 @pytest.mark.timeout(60)
