@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from dataclasses import replace
@@ -496,7 +497,67 @@ def _patch_functions(module: str) -> list[tuple[type, str]]:
     return out
 
 
+class _Guarded:
+    """A text stream whose writes and flushes never raise: on a pipe whose reader is gone
+    or a full disk the output is lost, never the exit code (which must say what the run
+    found whatever happened to its output).  ``lost`` says why, once it happened."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.lost = ""
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError) as e:
+                self.lost = getattr(e, "strerror", None) or str(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as e:
+                self.lost = getattr(e, "strerror", None) or str(e)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; its exit code is the command's, even when its output is lost
+    (said on stderr if that still works)."""
+    real = sys.stdout, sys.stderr
+    out, err = _Guarded(real[0]), _Guarded(real[1])
+    sys.stdout, sys.stderr = out, err           # type: ignore[assignment]
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as e:                 # argparse: --help, --version, bad usage
+            code = e.code if isinstance(e.code, int) else ExitCode.USAGE
+        out.flush()
+        err.flush()
+        if out.lost and not err.lost:
+            print(f"tdx-stress: standard output was lost ({out.lost}); the exit code is "
+                  f"the command's ({int(code)})", file=err)
+            err.flush()
+    finally:
+        sys.stdout, sys.stderr = real
+    for g, stream in ((out, real[0]), (err, real[1])):
+        if g.lost:
+            # what is still buffered for it can reach nobody: let the interpreter's last
+            # flush go to /dev/null instead of failing (and changing the exit code)
+            try:
+                fd = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(fd, stream.fileno())
+                os.close(fd)
+            except (OSError, ValueError):
+                pass
+    return int(code)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -517,8 +578,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, UnknownVariant, ReproError, ReportError) as e:
         print(f"tdx-stress: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    except BrokenPipeError:
-        return ExitCode.OK
     except KeyboardInterrupt:
         print("tdx-stress: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
