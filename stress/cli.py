@@ -30,6 +30,8 @@ from .config import (
     ConfigError,
     RunConfig,
     make_out_dir,
+    non_negative_int,
+    output_file,
     positive_int,
     resolve_seed,
     seconds,
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--times", type=_positive_int, default=1,
                    help="check it reproduces N of N")
-    r.add_argument("--lanes", type=int, default=40,
+    r.add_argument("--lanes", type=_arg(non_negative_int), default=40,
                    help="steps of the swim-lane diagram to print (0: none)")
     s = sub.add_parser("shrink", help="minimise a repro while the same finding fires")
     s.add_argument("file")
@@ -229,7 +231,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     duration = args.duration if args.seeds is None else None
     if args.seeds is None and duration is None:
         duration = args.default_duration
-    out = make_out_dir(args.out)
+    junit = output_file(args.junit, "--junit") if args.junit is not None else None
+    out = _run_dir(make_out_dir(args.out))
     soak = args.command == "soak"
     log = setup_logging(out, args.quiet, args.verbose, rotate=soak)
     tty = sys.stdout.isatty()
@@ -256,7 +259,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         sys.stdout.write("\n")
     summary = camp.summary()
     from reports.render import write_reports
-    write_reports(summary, out, junit=Path(args.junit) if args.junit else None)
+    write_reports(summary, out, junit=junit)
     if not args.quiet:
         print(text_summary(summary, out))
     if camp.interrupted:
@@ -283,7 +286,8 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
     duration = None if args.seeds else (args.duration or 120.0)
     if args.out is not None and (Path(args.out) / "nightly.json").exists():
         raise UsageError(f"{args.out} already holds a nightly job; give a new --out")
-    out = make_out_dir(args.out)
+    junit = output_file(args.junit, "--junit") if args.junit is not None else None
+    out = _run_dir(make_out_dir(args.out))
     log = setup_logging(out, args.quiet, args.verbose, rotate=False)
     spec = NightlySpec(base_seed=seed, variants=args.variants, canary=canary,
                        duration=duration, seeds=args.seeds,
@@ -302,8 +306,8 @@ def cmd_nightly(args: argparse.Namespace, argv: list[str]) -> int:
         log=lambda m: log.warning(m) if "finding" in m and not canary_on[0] else log.info(m),
         progress=None if args.quiet else (lambda line: log.info(f"heartbeat {line}")),
         on_campaign=on_campaign)
-    if args.junit:
-        Path(args.junit).write_text((out / JUNIT).read_text())
+    if junit is not None:
+        junit.write_text((out / JUNIT).read_text())
     for e in entries:
         print(f"{e.role:>11} {e.variant:<14} {e.summary['runs']:>7} runs "
               f"{e.summary['elapsed_s']:>7.1f} s  {'ok  ' if e.ok else 'FAIL'} {e.verdict}")
@@ -355,15 +359,17 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from .repro import load_repro, write_repro
     from .shrink import shrink_repro
     rp = load_repro(args.file)
+    dest = Path(args.out)
+    to_file = dest.suffix == ".json" or (dest.exists() and not dest.is_dir())
+    # where it goes is checked before the shrinking, not after it
+    dest = output_file(args.out, "-o") if to_file else make_out_dir(args.out)
     try:
         out, before, after, runs = shrink_repro(rp, max_runs=args.max_runs)
     except ValueError as e:
         print(f"tdx-stress: {e}", file=sys.stderr)
         return ExitCode.DIVERGED
-    dest = Path(args.out)
-    if dest.suffix == ".json" or (dest.exists() and not dest.is_dir()):
+    if to_file:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(out, indent=1, sort_keys=True))
         except OSError as e:
             raise UsageError(f"cannot write {dest}: {e.strerror or e}") from None
@@ -381,17 +387,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.render import write_reports
     from reports.rundir import copy_findings, load_summary
     from reports.summary import merge_summaries
+    junit = output_file(args.junit, "--junit") if args.junit is not None else None
     summaries = [load_summary(Path(d)) for d in args.dirs]
     merged = merge_summaries(summaries) if len(summaries) > 1 else summaries[0]
     out = Path(args.out) if args.out else Path(args.dirs[0])
     if len(summaries) > 1:
         if args.out is None:
             raise UsageError("merging several run directories needs -o DIR")
-        out = make_out_dir(args.out)
+        out = _run_dir(make_out_dir(args.out))
         copy_findings([Path(d) for d in args.dirs], merged, out)
         from reports.rundir import write_summary
         write_summary(out, merged)
-    write_reports(merged, out, junit=Path(args.junit) if args.junit else None)
+    write_reports(merged, out, junit=junit)
     print(text_summary(merged, out))
     return ExitCode.FINDING if merged["findings"] else ExitCode.OK
 
@@ -557,7 +564,18 @@ def main(argv: list[str] | None = None) -> int:
     return int(code)
 
 
+# the run directory of the command running, once it has one: where an internal error's
+# traceback goes (else the current directory)
+_RUN_DIR: list[Path | None] = [None]
+
+
+def _run_dir(out: Path) -> Path:
+    _RUN_DIR[0] = out
+    return out
+
+
 def _main(argv: list[str] | None) -> int:
+    _RUN_DIR[0] = None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -582,7 +600,7 @@ def _main(argv: list[str] | None) -> int:
         print("tdx-stress: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except Exception as e:
-        where = Path("tdx-stress-internal-error.txt")
+        where = (_RUN_DIR[0] or Path(".")) / "tdx-stress-internal-error.txt"
         try:
             where.write_text(traceback.format_exc())
             detail = f"; traceback in {where}"

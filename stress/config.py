@@ -64,6 +64,14 @@ def positive_int(value: str | int) -> int:
     return v
 
 
+def non_negative_int(value: str | int) -> int:
+    """A whole number of at least 0 (``--lanes``)."""
+    v = whole(value)
+    if v < 0:
+        raise ConfigError(f"{value!r} must not be negative")
+    return v
+
+
 def seconds(value: str | float) -> float:
     """A positive, finite number of seconds (``--duration``, ``--checkpoint``): a string,
     or a number (not a bool)."""
@@ -113,9 +121,31 @@ def resolve_seed(flag: str | None) -> tuple[int, str]:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF, "fresh"
 
 
+def output_file(text: str, what: str) -> Path:
+    """A file the command will write at its end (``--junit``, ``shrink -o X.json``),
+    checked before any work starts: not a directory, its directory made, writable."""
+    if not text:
+        raise ConfigError(f"{what} is empty; give a file")
+    path = Path(text)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def make_out_dir(flag: str | None) -> Path:
     """The run directory: ``flag``, else ``./tdx-stress-runs/<UTC stamp>``; made and
     checked writable."""
+    if flag == "":
+        raise ConfigError("--out is empty; give a directory")
     if flag is None:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path("tdx-stress-runs") / stamp

@@ -90,3 +90,47 @@ def test_lost_output_never_changes_the_exit_code(hunted, how, tmp_path):
                 for a in args]
         got[name], want[name] = how(args, tmp_path), code
     assert got == want
+
+
+def quick(args, cwd):
+    r = subprocess.run(_cmd(args), cwd=cwd, env=_env(), capture_output=True, text=True,
+                       timeout=60)
+    return r.returncode, r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "--seeds", 2, "--junit", "{dir}", "--out", "{tmp}/r"], "is a directory"),
+    (["run", "--seeds", 2, "--junit", "/proc/version/j.xml", "--out", "{tmp}/r"],
+     "cannot write --junit"),
+    (["nightly", "--seeds", 1, "--canary", "none", "--junit", "{dir}", "--out", "{tmp}/r"],
+     "is a directory"),
+    (["report", "{tmp}/nothing", "--junit", "{dir}"], "is a directory"),
+    (["run", "--seeds", 2, "--out", ""], "--out is empty"),
+    (["shrink", "{repro}", "-o", "/proc/version/small.json"], "cannot write -o"),
+    (["replay", "{repro}", "--lanes", "-5"], "must not be negative"),
+], ids=["junit is a dir", "junit cannot be made", "nightly junit", "report junit",
+        "empty out", "shrink -o impossible", "negative lanes"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(hunted, tmp_path, args,
+                                                                    says):
+    """Exit 2 and one sentence at once: not a campaign (or a shrink) that fails at its
+    end, nor a run directory left behind."""
+    (tmp_path / "adir").mkdir()
+    args = [str(a).replace("{dir}", str(tmp_path / "adir")).replace("{tmp}", str(tmp_path))
+            .replace("{repro}", str(hunted["repro"])) for a in args]
+    code, err = quick(args, tmp_path)
+    assert code == 2 and says in err and "Traceback" not in err, (code, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_internal_error_leaves_its_traceback_in_the_run_directory(tmp_path, monkeypatch):
+    from stress import campaign, cli
+
+    def boom(self):
+        raise RuntimeError("a bug of the tool")
+    monkeypatch.setattr(campaign.Campaign, "run", boom)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["run", "--seeds", "1", "--out", str(out), "-q"]) == cli.ExitCode.INTERNAL
+    assert "RuntimeError: a bug of the tool" in (out / "tdx-stress-internal-error.txt").read_text()
+    assert not (tmp_path / "tdx-stress-internal-error.txt").exists()
