@@ -32,7 +32,34 @@ LOG = "log.txt"
 
 
 class ReportError(ValueError):
-    """A run directory that cannot be read; the message is one sentence."""
+    """A run directory that cannot be read, or be used; the message is one sentence."""
+
+
+# A run directory belongs to one run: this marker, made exclusively when the run claims
+# it, says so (and stays, with the run's files)
+MARKER = ".tdx-stress-run"
+_CLAIMED: set[Path] = set()
+
+
+def claim(out: Path) -> None:
+    """Make ``out`` this run's, or refuse: a directory that holds another run's summary
+    or events, or that another run has claimed (even one going on right now), is never
+    written into again.  Claiming twice in one process is a no-op."""
+    key = out.resolve()
+    if key in _CLAIMED:
+        return
+    for name in (SUMMARY, EVENTS):
+        if (out / name).exists():
+            raise ReportError(f"{out} already holds a run ({name}); give a new --out")
+    try:
+        fd = os.open(out / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ReportError(f"{out} belongs to another run; give a new --out") from None
+    except OSError as e:
+        raise ReportError(f"cannot use {out} as a run directory: {e.strerror or e}") from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    _CLAIMED.add(key)
 
 
 def write_atomic(path: Path, text: str) -> None:

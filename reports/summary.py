@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.oracle import ROW_TEXT
 from core.tdx_module import PHASES
@@ -221,6 +222,7 @@ def merge_summaries(summaries: list[dict]) -> dict:
     variants = {s["variant"] for s in summaries}
     if len(variants) > 1:
         raise ReportError(f"cannot merge runs of different variants: {sorted(variants)}")
+    _check_disjoint(summaries)
     m = json.loads(json.dumps({k: v for k, v in summaries[0].items() if k != "_dir"}))
     m["shard"] = "merged " + ", ".join(s.get("shard", "?") for s in summaries)
     totals = Totals()
@@ -247,3 +249,24 @@ def merge_summaries(summaries: list[dict]) -> dict:
     m["resources"] = {"peak_rss_mb": max(s["resources"]["peak_rss_mb"] for s in summaries),
                       "cpu_s": sum(s["resources"]["cpu_s"] for s in summaries)}
     return m
+
+
+def _check_disjoint(summaries: list[dict]) -> None:
+    """Shards merge only once each: the same directory twice, or two that ran a seed in
+    common, would count runs and findings twice."""
+    dirs: dict[str, str] = {}
+    for s in summaries:
+        key = str(s.get("_dir", ""))
+        key = str(Path(key).resolve()) if key else key
+        if key and key in dirs:
+            raise ReportError(f"{s['_dir']} is given twice; each shard merges once")
+        dirs[key] = s.get("_dir", "?")
+    spans = sorted((a, b, str(s.get("_dir", "?"))) for s in summaries
+                   for a, b in s.get("seeds", []))
+    end, owner = -1, ""
+    for a, b, d in spans:
+        if a <= end and d != owner:
+            raise ReportError(f"{owner} and {d} both ran seed {a}; shards of one campaign "
+                              f"run disjoint seeds")
+        if b > end:
+            end, owner = b, d

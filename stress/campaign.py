@@ -155,6 +155,7 @@ class Campaign:
         self.timeline: list[dict] = []
         self.errors: list[str] = []
         self.worker_restarts = 0
+        rundir.claim(out)
         (out / rundir.FINDINGS).mkdir(parents=True, exist_ok=True)
         self._events = open(out / rundir.EVENTS, "a", buffering=1)
 

@@ -233,6 +233,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         duration = args.default_duration
     junit = output_file(args.junit, "--junit") if args.junit is not None else None
     out = _run_dir(make_out_dir(args.out))
+    from reports.rundir import claim
+    claim(out)                  # before its log: another run's directory is not touched
     soak = args.command == "soak"
     log = setup_logging(out, args.quiet, args.verbose, rotate=soak)
     tty = sys.stdout.isatty()
@@ -395,6 +397,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UsageError("merging several run directories needs -o DIR")
         out = _run_dir(make_out_dir(args.out))
+        from reports.rundir import claim
+        claim(out)
         copy_findings([Path(d) for d in args.dirs], merged, out)
         from reports.rundir import write_summary
         write_summary(out, merged)

@@ -134,3 +134,39 @@ def test_an_internal_error_leaves_its_traceback_in_the_run_directory(tmp_path, m
     assert cli.main(["run", "--seeds", "1", "--out", str(out), "-q"]) == cli.ExitCode.INTERNAL
     assert "RuntimeError: a bug of the tool" in (out / "tdx-stress-internal-error.txt").read_text()
     assert not (tmp_path / "tdx-stress-internal-error.txt").exists()
+
+
+def test_a_run_directory_belongs_to_one_run(hunted, tmp_path):
+    """--out onto an earlier run's directory is refused (its summary, JUnit and findings
+    stay as they were); of two runs started into one directory at once, one runs and
+    the other is refused."""
+    out = hunted["run"]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, err = quick(["run", "--seeds", 2, "--out", out], tmp_path)
+    assert code == 2 and "already holds a run" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    both = tmp_path / "both"
+    ps = [subprocess.Popen(_cmd(["run", "--variant", "v6.19", "--seeds", 20, "--out", both,
+                                 "-q"]), env=_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=120) for p in ps)
+    errs = "".join(p.stderr.read() for p in ps)
+    assert codes == [0, 2], (codes, errs)
+    assert "belongs to another run" in errs or "already holds a run" in errs
+
+
+def test_a_merge_neither_overwrites_a_run_nor_counts_a_shard_twice(hunted, tmp_path):
+    run = hunted["run"]
+    before = (run / "summary.json").read_bytes()
+    code, err = quick(["report", run, run, "-o", tmp_path / "m"], tmp_path)
+    assert code == 2 and "given twice" in err, err
+    shard = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(run), str(shard)], check=True)
+    code, err = quick(["report", run, shard, "-o", tmp_path / "m2"], tmp_path)
+    assert code == 2 and "both ran seed" in err, err
+    other = tmp_path / "other"         # a shard of seeds of its own
+    quick(["run", "--variant", "hunt-d", "--seeds", 2, "--seed", 900, "--out", other, "-q"],
+          tmp_path)
+    code, err = quick(["report", other, run, "-o", run], tmp_path)
+    assert code == 2 and "already holds a run" in err, err
+    assert (run / "summary.json").read_bytes() == before

@@ -75,10 +75,12 @@ def test_clean_run_validates_and_merged_report_validates(tmp_path, hunt_runs):
     assert [c.get("name") for c in cases(text)] == ["clean remainder"]
     assert not s["findings"]
     d, _, _ = hunt_runs
+    # a second shard on seeds of its own (a merge refuses shards that share a seed)
+    run(tmp_path / "c", "--variant", "hunt-d", "--seeds", 6, "--seed", 100)
     e = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "stress", "report", str(d / "a"), str(d / "b"),
-                        "-o", str(tmp_path / "m")], env=e, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run([sys.executable, "-m", "stress", "report", str(d / "a"),
+                        str(tmp_path / "c"), "-o", str(tmp_path / "m")], env=e,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     validate((tmp_path / "m" / "junit.xml").read_text())
 

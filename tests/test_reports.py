@@ -292,6 +292,7 @@ def test_merged_shards_render_with_their_timelines_and_lanes(run_dir, tmp_path):
     b = copy_run(run_dir, tmp_path / "b")
     sa, sb = load_summary(a), load_summary(b)
     sa["shard"], sb["shard"] = "0/2", "1/2"
+    sb["seeds"] = [[x + 1000, y + 1000] for x, y in sb["seeds"]]     # shards share no seed
     sb["timeline"] = [dict(p, elapsed_s=p["elapsed_s"] + 1.0) for p in sb["timeline"]] * 2
     merged = merge_summaries([sa, sb])
     out = tmp_path / "merged"
@@ -375,5 +376,8 @@ def test_a_portfolio_states_the_bound_of_its_pct_runs_only(run_dir):
     assert s["pct"]["runs"] == 20
     assert pct_bound(s)["runs"] == 20
     assert "for 20 PCT runs (the portfolio's even seeds, of 40)" in confidence_text(s)[0]
-    merged = merge_summaries([dict(s, _dir=run_dir), dict(s, _dir=run_dir)])
+    # a second shard of the same size, on seeds of its own
+    other = dict(s, _dir=str(run_dir) + "-other",
+                 seeds=[[a + 10_000, b + 10_000] for a, b in s["seeds"]])
+    merged = merge_summaries([dict(s, _dir=run_dir), other])
     assert merged["pct"]["runs"] == 40 and pct_bound(merged)["runs"] == 40
