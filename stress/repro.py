@@ -12,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from core import __version__
 from core.findings import Finding
-from core.variants import get_variant
+from core.variants import UnknownVariant, get_variant
 from reports.rundir import REPRO_SCHEMA
 
 from .config import ConfigError, RunConfig
 from .controlled import rle
-from .workload import Workload, workload_from_json, workload_to_json
+from .workload import GFN_LIMIT, Workload, workload_from_json, workload_to_json
 
 SCHEMA = REPRO_SCHEMA
 _MODEL_FILES = ("core", "stress/workload.py", "stress/controlled.py", "stress/strategies.py")
@@ -155,14 +156,7 @@ class Repro:
 def load_repro(path: str | Path, *, check_version: bool = True) -> Repro:
     """Read and validate a repro file; :class:`ReproError` says what is wrong."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ReproError(f"repro file {p} does not exist") from None
-    except IsADirectoryError:
-        raise ReproError(f"{p} is a directory, not a repro file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReproError(f"cannot read repro file {p}: {e}") from None
+    text = _read_bounded(p)
     if not text.strip():
         raise ReproError(f"repro file {p} is empty")
     try:
@@ -170,10 +164,15 @@ def load_repro(path: str | Path, *, check_version: bool = True) -> Repro:
     except json.JSONDecodeError as e:
         kind = "truncated" if e.pos >= len(text.rstrip()) - 1 else "not valid JSON"
         raise ReproError(f"repro file {p} is {kind} ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ReproError(f"repro file {p} is nested too deeply to be a repro") from None
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+        got = got[:80] if isinstance(got, str) else got if got is None else type(got).__name__
         raise ReproError(f"{p} is not a tdx-stress repro file (schema {got!r}, expected "
                          f"{SCHEMA!r})")
+    _validate(p, d)
+    _check_length(p, d)
     if check_version:
         if d.get("tool_version") != __version__:
             raise ReproError(f"{p} was written by tdx-stress {d.get('tool_version')}, this is "
@@ -192,16 +191,109 @@ def load_repro(path: str | Path, *, check_version: bool = True) -> Repro:
                 raise ReproError(f"{p} was recorded against another version of the patch "
                                  f"{d.get('variant')} (hash {d['patch_hash']}, the file now "
                                  f"{now}); its schedule would not mean the same here")
-    missing = [k for k in ("variant", "config", "seed", "mode", "workload", "finding")
-               if k not in d]
-    if missing or ("schedule" not in d and "trace" not in d):
-        what = ", ".join(missing) or "schedule or trace"
-        raise ReproError(f"repro file {p} lacks {what}")
     try:
-        return Repro(d, str(p))
+        rp = Repro(d, str(p))
     except ConfigError as e:
         raise ReproError(f"repro file {p} has a bad configuration: {e}") from None
+    except UnknownVariant as e:
+        raise ReproError(f"repro file {p}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ReproError):
             raise
         raise ReproError(f"repro file {p} is malformed ({type(e).__name__}: {e})") from None
+    _check_meaning(p, rp)
+    return rp
+
+
+MAX_REPRO_BYTES = 16 << 20      # the largest legitimate repro is far smaller
+_SCHEMA_FILE = Path(__file__).resolve().parent.parent / "reports" / "schema" / \
+    "repro.schema.json"
+
+
+def _read_bounded(p: Path) -> str:
+    """The text of a repro file: a regular file (not a FIFO, a device or a directory,
+    which would hang or never end) of at most MAX_REPRO_BYTES."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ReproError(f"repro file {p} does not exist") from None
+    except OSError as e:
+        raise ReproError(f"cannot read repro file {p}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ReproError(f"{p} is a directory, not a repro file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ReproError(f"{p} is not a regular file (a device or a pipe?); a repro is a file")
+    if st.st_size > MAX_REPRO_BYTES:
+        raise ReproError(f"repro file {p} is {st.st_size} bytes, more than any repro "
+                         f"({MAX_REPRO_BYTES})")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_REPRO_BYTES + 1)
+        if len(data) > MAX_REPRO_BYTES:
+            raise ReproError(f"repro file {p} is larger than any repro ({MAX_REPRO_BYTES} "
+                             f"bytes)")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReproError(f"cannot read repro file {p}: {e}") from None
+
+
+_VALIDATOR: list = []
+
+
+def _validate(p: Path, d: dict) -> None:
+    """Every field against the repro schema (``reports/schema/repro.schema.json``),
+    before anything is built from it; the first problem is named by its field."""
+    import jsonschema
+    if not _VALIDATOR:
+        _VALIDATOR.append(jsonschema.Draft202012Validator(
+            json.loads(_SCHEMA_FILE.read_text())))
+    err = jsonschema.exceptions.best_match(_VALIDATOR[0].iter_errors(d))
+    if err is not None:
+        where = "/".join(str(x) for x in err.absolute_path) or "the top level"
+        raise ReproError(f"repro file {p}: field {where}: {err.message[:200]}")
+
+
+def _check_length(p: Path, d: dict) -> None:
+    """A schedule no longer than a run of the file's own configuration can take, checked
+    before it is expanded (a few bytes of run-length code could ask for gigabytes)."""
+    try:
+        max_steps = RunConfig.from_dict(d["config"]).max_steps
+    except (ConfigError, UnknownVariant, TypeError, ValueError) as e:
+        raise ReproError(f"repro file {p} has a bad configuration: {e}") from None
+    key = "trace" if "trace" in d else "schedule"
+    total = sum(k for _, k in d[key])
+    if total > 4 * max_steps + 1000:
+        raise ReproError(f"repro file {p}: field {key}: {total} decisions, more than a run "
+                         f"of at most {max_steps} steps takes")
+
+
+def _check_meaning(p: Path, rp: "Repro") -> None:
+    """What the schema cannot say: the fields agree with each other and with the
+    machine (a thread the run does not have, a GFN outside the VM, a schedule longer
+    than any run) and would not make the replay invent a finding or eat memory."""
+    d = rp.raw
+
+    def bad(field: str, why: str) -> ReproError:
+        return ReproError(f"repro file {p}: field {field}: {why}")
+    if d["variant"] != rp.config.variant:
+        raise bad("variant", f"{d['variant']!r} disagrees with config/variant "
+                             f"{rp.config.variant!r}")
+    want = "trace" if rp.mode == "free" else "schedule"
+    if want not in d:
+        raise bad("mode", f"{rp.mode!r} goes with a {want}")
+    w = rp.workload
+    n = len(w.programs) + len(w.zaps)
+    if not w.programs:
+        raise bad("workload/programs", "a run has at least one vCPU")
+    if len(d.get("threads") or []) not in (0, n):
+        raise bad("threads", f"names {len(d['threads'])} threads, the workload has {n}")
+    runs = d[want]
+    if any(t >= n for t, _ in runs):
+        raise bad(want, f"names a thread the workload does not have (it has {n})")
+    if rp.step > rp.config.max_steps:
+        raise bad("finding/step", f"{rp.step} is past config/max_steps "
+                                  f"({rp.config.max_steps})")
+    gfns = [g for g in w.initial] + [i[1] for prog in w.programs for i in prog] + \
+        [o[1] + max(o[2], 1) - 1 for z in w.zaps for o in z]
+    if any(g >= GFN_LIMIT for g in gfns):
+        raise bad("workload", f"a GFN outside the VM (its memory ends at {GFN_LIMIT:#x})")

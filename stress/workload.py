@@ -28,6 +28,8 @@ SMALL = MemRegion(0x0, 16)
 HUGE = MemRegion(0x200, 512, huge=True)
 REGIONS = (SMALL, HUGE)
 SHARED_GFNS = tuple(range(0x40, 0x44))
+# the end of the VM's guest-physical memory: every GFN a workload names is below it
+GFN_LIMIT = max(r.base + r.npages for r in REGIONS)
 HUGE_HOT = (0x200, 0x201, 0x205, 0x2FF)      # a few pages of the 2M region guests touch
 
 # zapper operations and their weights; a hunt variant's own path is weighted up

@@ -124,11 +124,17 @@ def test_bad_repro_files_exit_2(tmp_path):
 def test_replay_that_diverges_or_does_not_reproduce_exit_4(tmp_path):
     good = _good_repro(tmp_path)
     runs = [list(x) for x in good["schedule"]]
-    runs[len(runs) // 2][0] = 7            # a thread that does not exist
+    last = len(good["workload"]["programs"]) + len(good["workload"]["zaps"]) - 1
+    # the last thread (a zapper) first, for far more steps than its script takes: the
+    # schedule goes on naming it once it has finished
     p = tmp_path / "diverge.json"
-    p.write_text(json.dumps(dict(good, schedule=runs)))
+    p.write_text(json.dumps(dict(good, schedule=[[last, 50_000]] + runs)))
     r = tdx("replay", p)
     assert r.returncode == 4 and "diverged" in r.stdout and "step" in r.stdout
+    runs[len(runs) // 2][0] = 7            # a thread that does not exist: refused up front
+    p.write_text(json.dumps(dict(good, schedule=runs)))
+    r = tdx("replay", p)
+    assert r.returncode == 2 and "names a thread the workload does not have" in r.stderr
     other = dict(good, finding=dict(good["finding"], signature="KVM_BUG_ON:nowhere:row=-:path=-"))
     p = tmp_path / "nope.json"
     p.write_text(json.dumps(other))

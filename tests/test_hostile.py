@@ -170,3 +170,110 @@ def test_a_merge_neither_overwrites_a_run_nor_counts_a_shard_twice(hunted, tmp_p
     code, err = quick(["report", other, run, "-o", run], tmp_path)
     assert code == 2 and "already holds a run" in err, err
     assert (run / "summary.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------------- repro files
+def _load(path):
+    from stress.repro import ReproError, load_repro
+    try:
+        return load_repro(path, check_version=False)
+    except ReproError as e:
+        return e
+
+
+@pytest.mark.timeout(60)
+def test_a_special_file_is_refused_at_once(tmp_path):
+    """A FIFO would hang the reader and /dev/zero never ends (one filled 24 GB): only a
+    regular file of bounded size is read."""
+    from stress import cli
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for path, says in ((fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                       (tmp_path, "is a directory")):
+        e = _load(path)
+        assert says in str(e), e
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(17 << 20)
+    assert "more than any repro" in str(_load(big))
+    assert cli.main(["replay", str(fifo)]) == cli.ExitCode.USAGE
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d.update(seed="7"), "field seed"),
+    (lambda d: d.update(mode="both"), "field mode"),
+    (lambda d: d.update(variant="hunt-a1"), "field variant"),
+    (lambda d: d.update(mode="free"), "field mode"),
+    (lambda d: d["workload"]["programs"][0].append(["touch", 0x100000]), "field workload"),
+    (lambda d: d["workload"]["programs"][0].append(["touch", 0x5000]), "outside the VM"),
+    (lambda d: d.update(schedule=[[0, 10 ** 8]] * 5), "decisions"),
+    (lambda d: d.update(schedule=[[31, 3]]), "names a thread"),
+    (lambda d: d["finding"].update(step=10 ** 8), "finding/step"),
+    (lambda d: d.update(threads=["a"] * 3), "field threads"),
+    (lambda d: d.update(trace=[[0, 1]]), "the top level"),
+    (lambda d: d.__setitem__("workload", {"initial": [], "programs": [], "zaps": []}),
+     "at least one vCPU"),
+], ids=["seed not an integer", "unknown mode", "variant not the config's", "free w/o trace",
+        "gfn of no page", "gfn outside the VM", "decisions past any run", "thread out of range",
+        "step past max_steps", "threads miscounted", "schedule and trace", "no vCPU"])
+def test_a_field_that_makes_no_sense_is_refused_naming_it(hunted, tmp_path, change, field):
+    d = json.loads(hunted["repro"].read_text())
+    change(d)
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(d))
+    e = _load(p)
+    assert not hasattr(e, "workload") and field in str(e), e
+
+
+def test_a_deeply_nested_file_is_refused(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in str(_load(p)) or "not a tdx-stress repro" in str(_load(p))
+
+
+def _json_values():
+    from hypothesis import strategies as st
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
+        st.text(max_size=20)
+    return st.recursive(leaves, lambda kids: st.lists(kids, max_size=5)
+                        | st.dictionaries(st.text(max_size=10), kids, max_size=5), max_leaves=30)
+
+
+def test_fuzz_the_repro_loader_with_bytes_and_json(hunted, tmp_path):
+    """Any byte string, any JSON value, and a real repro with any one field replaced by
+    any JSON value: a Repro or a ReproError (exit 2), never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from stress.repro import Repro, ReproError
+    good = json.loads(hunted["repro"].read_text())
+    p = tmp_path / "fuzz.json"
+
+    def check(text: bytes) -> None:
+        p.write_bytes(text)
+        got = _load(p)
+        assert isinstance(got, (Repro, ReproError)), got
+
+    some = settings(max_examples=150, deadline=None,
+                    suppress_health_check=list(HealthCheck))
+    given(st.binary(max_size=3000))(some(check))()
+    given(_json_values())(some(lambda v: check(json.dumps(v).encode())))()
+
+    @some
+    @given(st.sampled_from(sorted(good)), _json_values())
+    def one_field(key, value):
+        check(json.dumps(dict(good, **{key: value})).encode())
+    one_field()
+
+    @some
+    @given(st.lists(st.tuples(st.integers(-3, 40), st.integers(-3, 10 ** 12)).map(list),
+                    min_size=1, max_size=4))
+    def schedule(runs):
+        check(json.dumps(dict(good, schedule=runs)).encode())
+    schedule()
+
+    @some
+    @given(st.sampled_from(["initial", "programs", "zaps"]), _json_values())
+    def workload_field(key, value):
+        check(json.dumps(dict(good, workload=dict(good["workload"], **{key: value}))).encode())
+    workload_field()
