@@ -42,8 +42,10 @@ BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 
 # ---------------------------------------------------------------------- worker side
 def _worker_init(slot=None) -> None:
-    # Ctrl-C goes to the whole process group: the parent decides, workers carry on
+    # Ctrl-C (and a hang-up) goes to the whole process group: the parent decides,
+    # workers carry on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # One CPU per worker: a seed passes its baton between threads thousands of times,
     # and a handoff costs about half as much when both threads share one CPU (measured).
     if slot is not None and hasattr(os, "sched_setaffinity"):
@@ -279,14 +281,14 @@ class Campaign:
     def run(self) -> None:
         spec = self.spec
         self.t0 = time.monotonic()
-        old_int = signal.getsignal(signal.SIGINT)
-        old_term = signal.getsignal(signal.SIGTERM)
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        old = {sig: signal.getsignal(sig) for sig in stops}
 
         def on_signal(signum, frame):  # noqa: ARG001
             self.interrupted = True
             self.stop_reason = f"signal {signal.Signals(signum).name}"
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        for sig in stops:
+            signal.signal(sig, on_signal)
         ctx = multiprocessing.get_context("spawn")
 
         slot = ctx.Value("i", 0)
@@ -385,8 +387,8 @@ class Campaign:
             self._sample([me] + me.children(recursive=True))
         finally:
             _shutdown(pool)
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            for sig in stops:
+                signal.signal(sig, old[sig])
         if spec.shrink and self.repros and not self.interrupted:
             self._shrink_all(ctx)
         if self.repros and not self.interrupted:

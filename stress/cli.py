@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import replace
 from enum import IntEnum
@@ -536,9 +538,18 @@ class _Guarded:
         return getattr(self._stream, name)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; its exit code is the command's, even when its output is lost
-    (said on stderr if that still works)."""
+    (said on stderr if that still works).  SIGTERM and SIGHUP stop every command as
+    Ctrl-C does (exit 130; a campaign writes its summary, marked interrupted)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(s) in (signal.SIG_DFL, None):
+                signal.signal(s, _stop)
     real = sys.stdout, sys.stderr
     out, err = _Guarded(real[0]), _Guarded(real[1])
     sys.stdout, sys.stderr = out, err           # type: ignore[assignment]

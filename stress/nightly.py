@@ -102,6 +102,10 @@ def run_nightly(spec: NightlySpec, out: Path, argv: list[str],
             verdict = (f"caught in {s['runs']} runs, {s['elapsed_s']:.1f} s" if caught else
                        f"NOT caught in {s['runs']} runs, {s['elapsed_s']:.1f} s: the tool "
                        f"could not find the planted bug of {variant}")
+        elif camp.interrupted:
+            # nothing is clean that did not run to its end
+            ok = False
+            verdict = f"interrupted after {s['runs']} runs: not checked"
         else:
             ok = not s["findings"] and not s["errors"]
             verdict = ("clean" if ok else

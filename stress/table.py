@@ -72,18 +72,35 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
             "bugs": bugs, "found_at": found_at, "seconds": round(time.monotonic() - t0, 2)}
 
 
+def _ignore_interrupts() -> None:
+    """Workers leave the decision to stop to the parent (which terminates them)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def observe(duration: float, workers: int = 2, base_seed: int = 0,
             patches: tuple[str, ...] = ()) -> dict:
     """Explore every built-in variant and the given ``patches`` (variant names, patch
     files among them) in worker processes."""
     names = list(VARIANTS) + [p for p in patches if p not in VARIANTS]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                               initializer=_ignore_interrupts)
+    try:
         futs = {name: pool.submit(explore, name,
                                   duration if get_variant(name).as_designed else 6 * duration,
                                   base_seed)
                 for name in names}
         per = {name: f.result() for name, f in futs.items()}
+    except BaseException:
+        # Ctrl-C, SIGTERM, SIGHUP: the workers explore for many seconds more; stop them
+        # now rather than wait for them
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     forced = {row: force_transition(row) for row in FORCED_ROWS}
     return {"variants": per, "forced": forced}
 

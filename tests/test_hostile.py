@@ -277,3 +277,69 @@ def test_fuzz_the_repro_loader_with_bytes_and_json(hunted, tmp_path):
     def workload_field(key, value):
         check(json.dumps(dict(good, workload=dict(good["workload"], **{key: value}))).encode())
     workload_field()
+
+
+# ---------------------------------------------------------------------- signals
+def _spawn(args, cwd):
+    return subprocess.Popen(_cmd(args), cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _stopped_by(p, sig, after: float = 2.0) -> tuple[int, str, float]:
+    import signal
+    import time
+    time.sleep(after)
+    assert p.poll() is None, "ended before the signal"
+    t0 = time.monotonic()
+    p.send_signal(getattr(signal, sig))
+    try:
+        _, err = p.communicate(timeout=15)
+    finally:
+        p.kill()
+    return p.returncode, err, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_replay_and_shrink_stop_on_a_signal_with_130(hunted, tmp_path, sig):
+    p = _spawn(["replay", hunted["repro"], "--times", 100_000], tmp_path)
+    code, err, took = _stopped_by(p, sig)
+    assert code == 130 and "interrupted" in err and took < 5, (code, err, took)
+    p = _spawn(["shrink", hunted["repro"], "-o", tmp_path / "s.json", "--max-runs",
+                100_000], tmp_path)
+    code, err, took = _stopped_by(p, sig, after=1.0)
+    assert code == 130 and "interrupted" in err and took < 5, (code, err, took)
+
+
+def test_a_hang_up_stops_a_run_with_its_summary_marked_interrupted(tmp_path):
+    out = tmp_path / "run"
+    p = _spawn(["run", "--variant", "v6.19", "--duration", 60, "--workers", 2, "--out", out],
+               tmp_path)
+    code, err, took = _stopped_by(p, "SIGHUP", after=4.0)
+    assert code == 130 and took < 5, (code, err, took)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == "signal SIGHUP"
+
+
+def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
+    out = tmp_path / "job"
+    p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
+                "--out", out], tmp_path)
+    code, err, took = _stopped_by(p, "SIGTERM", after=4.0)
+    assert code == 130 and took < 5, (code, err, took)
+    doc = json.loads((out / "nightly.json").read_text())
+    assert not doc["passed"] and doc["interrupted"]
+    assert all(not c["ok"] and "interrupted" in c["verdict"] for c in doc["campaigns"]), doc
+    from xml.etree import ElementTree as ET
+
+    from reports.junit import validate
+    text = (out / "junit.xml").read_text()
+    validate(text)
+    root = ET.fromstring(text)
+    assert int(root.get("failures")) >= 1
+    assert any("interrupted" in (f.get("message") or "") for f in root.iter("failure"))
+
+
+def test_table_stops_on_ctrl_c(tmp_path):
+    p = _spawn(["table", "--duration", 30], tmp_path)
+    code, err, took = _stopped_by(p, "SIGINT", after=4.0)
+    assert code == 130 and took < 5, (code, err, took)
