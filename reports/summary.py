@@ -111,6 +111,7 @@ class Totals:
     # and the guests' MapGPA conversions
     vm_killed: int = 0
     map_gpa: int = 0
+    cut_short: int = 0          # runs the campaign's time ran out in
     seeds_done: list[int] = field(default_factory=list)
     # what the PCT bound of the report needs: the most threads a run had, PCT's k, and
     # how many runs took more SEAMCALL windows than k (their tail got no change point)
@@ -131,6 +132,7 @@ class Totals:
                      attr_changes=s["attr_changes"], busy=dict(s["busy"]),
                      zero_step_arms=s["zero_step_arms"], vm_killed=int(bool(s.get("vm_killed"))),
                      map_gpa=s.get("map_gpa", 0), seeds_done=[s["seed"]],
+                     cut_short=int(bool(s.get("cut_short"))),
                      threads_max=s["threads"], seamcalls=s.get("seamcalls", {}),
                      rows_by_phase=s.get("rows_by_phase", {}))
         if s["pct_k"]:
@@ -150,6 +152,7 @@ class Totals:
         self.zero_step_arms += o.zero_step_arms
         self.vm_killed += o.vm_killed
         self.map_gpa += o.map_gpa
+        self.cut_short += o.cut_short
         self.seeds_done += o.seeds_done
         self.threads_max = max(self.threads_max, o.threads_max)
         self.pct_k_max = max(self.pct_k_max, o.pct_k_max)
@@ -184,6 +187,7 @@ class Totals:
             "busy": dict(sorted(self.busy.items())),
             "zero_step_arms": self.zero_step_arms,
             "vm_killed_runs": self.vm_killed, "map_gpa_exits": self.map_gpa,
+            "cut_short_runs": self.cut_short,
             "seeds": _ranges(sorted(self.seeds_done)),
             "threads_max": self.threads_max,
             "pct": ({"k": self.pct_k_max, "depth": depth, "runs": self.pct_runs,
@@ -203,6 +207,7 @@ class Totals:
                 attr_changes=s.get("attr_changes", 0), busy=dict(s["busy"]),
                 zero_step_arms=s.get("zero_step_arms", 0),
                 vm_killed=s.get("vm_killed_runs", 0), map_gpa=s.get("map_gpa_exits", 0),
+                cut_short=s.get("cut_short_runs", 0),
                 seeds_done=[x for a, b in s.get("seeds", []) for x in range(a, b + 1)],
                 threads_max=s.get("threads_max", 0),
                 seamcalls={p: dict(c) for p, c in s.get("seamcalls", {}).items()},

@@ -38,6 +38,8 @@ from .repro import Repro, make_repro, write_repro
 from .runner import RunResult, hunt_stop, run_seed
 
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
+# past --duration, how long the runs in flight get to reach a yield point and stop
+DEADLINE_GRACE = 3.0
 
 
 # ---------------------------------------------------------------------- worker side
@@ -88,16 +90,22 @@ def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
         "seamcalls": r.seamcalls, "rows_by_phase": r.rows_by_phase,
         "vm_killed": r.vm_killed,
         "map_gpa": sum(v.get("map_gpa", 0) for v in r.vcpu_stats),
+        "cut_short": r.cut_short,
     }
 
 
-def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool) -> list[dict]:
-    """Worker entry point: run ``seeds`` one after another."""
+def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool,
+              deadline: float | None = None) -> list[dict]:
+    """Worker entry point: run ``seeds`` one after another, none started after
+    ``deadline`` (``time.monotonic()``, the campaign's end), the one running then cut
+    short at its next yield point."""
     cfg = RunConfig.from_dict(cfg_dict)
     stop = hunt_stop(cfg.variant) if stop_first else None
     out = []
     for seed in seeds:
-        r = run_seed(cfg, seed, stop_on=stop, record_steps=False)
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        r = run_seed(cfg, seed, stop_on=stop, record_steps=False, deadline=deadline)
         out.append(seed_summary(cfg, r))
     return out
 
@@ -308,6 +316,7 @@ class Campaign:
         exhausted = False
         last_ckpt = last_beat = last_sample = time.monotonic()
         cfg_dict = spec.config.to_dict()
+        deadline = self.t0 + spec.duration if spec.duration is not None else None
         try:
             while True:
                 now = time.monotonic()
@@ -323,13 +332,16 @@ class Campaign:
                     if not batch:
                         exhausted = True
                         break
-                    fut = pool.submit(run_batch, cfg_dict, batch, spec.stop_on_first)
+                    fut = pool.submit(run_batch, cfg_dict, batch, spec.stop_on_first,
+                                      deadline)
                     pending.add(fut)
                     inflight[fut] = batch
                 if not pending:
                     break
                 if stopping and (self.interrupted or self.hunted):
                     break          # abandon the seeds still running
+                if out_of_time and deadline is not None and now > deadline + DEADLINE_GRACE:
+                    break          # a run that does not reach a yield point: abandon it
                 done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in done:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
@@ -52,6 +53,9 @@ class Step:
     label: str
     arg: object
     result: object = None
+
+
+CUT_SHORT = "cut short: the campaign's time ran out"
 
 
 class EndOfSchedule(Exception):
@@ -192,9 +196,13 @@ class ControlledScheduler:
 
     def __init__(self, strategy: Strategy, *, max_steps: int = 200_000,
                  recorder: Recorder | None = None, record_steps: bool = True,
-                 instruments: Sequence[Instrument] = ()) -> None:
+                 instruments: Sequence[Instrument] = (), deadline: float | None = None
+                 ) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
+        # a campaign's wall-clock end (time.monotonic()): past it the run is cut short at
+        # its next yield point.  A budget, not a decision: nothing is chosen by the clock.
+        self.deadline = deadline
         self.rec = recorder
         self.step = 0
         self.schedule: list[int] = []       # the thread chosen at every decision
@@ -353,6 +361,10 @@ class ControlledScheduler:
         result = fn()
         for ins in self._on_step:
             ins.step_taken(self.step, me.index, label, arg, result)
+        if self.deadline is not None and not self.step & 1023 and not self.aborting \
+                and time.monotonic() > self.deadline:
+            self._abort(CUT_SHORT)
+            raise Abort()
         if self.step >= self.max_steps and not self.aborting:
             self._hang()
             raise Abort()

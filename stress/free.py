@@ -23,7 +23,7 @@ from typing import Callable, Sequence, TypeVar
 from core.findings import Recorder
 from core.sched import Abort, ThreadCtx, current, mix, set_current
 
-from .controlled import Step
+from .controlled import CUT_SHORT, Step
 
 T = TypeVar("T")
 
@@ -33,7 +33,8 @@ class FreeScheduler:
 
     def __init__(self, *, stall_rate: float = 0.05, seed: int = 0, max_steps: int = 100_000,
                  recorder: Recorder | None = None, switch_interval: float = 1e-5,
-                 record_labels: bool = True, record_trace: bool = True) -> None:
+                 record_labels: bool = True, record_trace: bool = True,
+                 deadline: float | None = None) -> None:
         self.stall_rate = stall_rate
         self.seed = seed
         self.max_steps = max_steps
@@ -41,6 +42,7 @@ class FreeScheduler:
         self.switch_interval = switch_interval
         self.record_labels = record_labels
         self.record_trace = record_trace
+        self.deadline = deadline          # as the controlled scheduler's
         self.step = 0
         self.trace: list[int] = []          # thread index of every step
         self.trace_hash = 0
@@ -177,6 +179,13 @@ class FreeScheduler:
                     self.labels.append(label)
             result = fn()
             if self._waiting:
+                self._cv.notify_all()
+            if self.deadline is not None and not self.step & 1023 and not self.aborting \
+                    and time.monotonic() > self.deadline:
+                self.aborting = True
+                self.abort_reason = CUT_SHORT
+                if self.rec is not None:
+                    self.rec.closed = True
                 self._cv.notify_all()
             if self.step >= self.max_steps:
                 if self.rec is not None:

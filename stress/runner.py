@@ -17,7 +17,7 @@ from core.tdx_module import PHASES
 from core.variants import get_variant
 
 from .config import RunConfig, Streams
-from .controlled import ControlledScheduler, ScheduleDiverged, Step
+from .controlled import CUT_SHORT, ControlledScheduler, ScheduleDiverged, Step
 from .free import FreeScheduler
 from .strategies import (
     PCTStrategy,
@@ -65,6 +65,11 @@ class RunResult:
     def failed(self) -> bool:
         return bool(self.findings)
 
+    @property
+    def cut_short(self) -> bool:
+        """The campaign's time ran out in the middle of this run."""
+        return self.abort_reason == CUT_SHORT
+
 
 def hunt_stop(variant: str) -> StopOn:
     """The finding a hunt variant is after (docs/model.md §6), for --stop-on-first."""
@@ -78,7 +83,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
              schedule: list[int] | None = None, trace: list[int] | None = None,
              workload: Workload | None = None, lenient: bool = False,
              strategy: Strategy | None = None, step_limit: int | None = None,
-             record_steps: bool = True, teardown: bool = True) -> RunResult:
+             record_steps: bool = True, teardown: bool = True,
+             deadline: float | None = None) -> RunResult:
     """Run one seed.  ``schedule`` replays a controlled run's decisions (``lenient``:
     decisions that cannot be followed fall back instead of diverging); ``trace`` follows
     a free run's linearised trace under the controlled scheduler; ``workload`` replaces
@@ -90,7 +96,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     sched: ControlledScheduler | FreeScheduler
     if cfg.mode == "free" and schedule is None and trace is None:
         sched = FreeScheduler(stall_rate=cfg.stall_rate, seed=seed, max_steps=cfg.max_steps,
-                              recorder=rec, record_labels=record_steps)
+                              recorder=rec, record_labels=record_steps, deadline=deadline)
     else:
         if strategy is not None:
             pass
@@ -105,7 +111,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
                                    max_steps=pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers)),
                                    sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
-                                    recorder=rec, record_steps=record_steps)
+                                    recorder=rec, record_steps=record_steps,
+                                    deadline=deadline)
     if stop_on is not None:
         def listener(f: Finding) -> None:
             if stop_on(f):

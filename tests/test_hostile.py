@@ -343,3 +343,23 @@ def test_table_stops_on_ctrl_c(tmp_path):
     p = _spawn(["table", "--duration", 30], tmp_path)
     code, err, took = _stopped_by(p, "SIGINT", after=4.0)
     assert code == 130 and took < 5, (code, err, took)
+
+
+# ---------------------------------------------------------------------- bounds
+@pytest.mark.parametrize("extra", [[], ["--mode", "free"], ["--workers", 2]],
+                         ids=["controlled", "free", "two workers"])
+def test_duration_bounds_the_campaign_with_the_run_in_flight(tmp_path, extra):
+    """--duration D ends a campaign within D + 5 s even when one run would take minutes
+    (that run is cut short at a yield point and counted as such)."""
+    import time
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    r = subprocess.run(_cmd(["run", "--vcpus", 16, "--zappers", 16, "--ops", 10000,
+                             "--max-steps", 100_000_000, "--duration", 3, "--seed", 1,
+                             "--out", out, "-q", *extra]), env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode in (0, 1), r.stderr
+    assert took < 3 + 5, took
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stop_reason"] == "duration" and s["cut_short_runs"] >= 1, s
