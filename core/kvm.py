@@ -813,9 +813,10 @@ class Kvm:
             self.srcu_read_unlock()
 
     def kvm_tdp_map_page(self, gfn: int) -> int:
-        """kvm_tdp_map_page(): ``do { ... r = kvm_mmu_do_page_fault(...); } while (r ==
-        RET_PF_RETRY)``, returning on a signal (-EINTR), a dead VM and a memslot being
-        deleted (-EAGAIN)."""
+        """kvm_tdp_map_page() (arch/x86/kvm/mmu/mmu.c, later kvm_tdp_page_prefault()):
+        ``do { ... r = kvm_mmu_do_page_fault(...); } while (r == RET_PF_RETRY)``,
+        returning on a signal (-EINTR), a dead VM (-EIO, Yan Zhao's "Bail out
+        kvm_tdp_map_page() when VM dead") and a memslot being deleted (-EAGAIN)."""
         while True:
             if self.signal_pending():
                 return RET_PF_RETRY         # -EINTR
