@@ -114,6 +114,11 @@ class SchedulerView:
         """Thread ``i``'s next operation."""
         return self._s.threads[i].label
 
+    def arg(self, i: int) -> object:
+        """The argument of thread ``i``'s next operation (what it works on: for an SPTE
+        access, ``(page, index, ...)``); None before it started."""
+        return self._s.threads[i].arg
+
     def last_op(self, i: int) -> str:
         """The operation thread ``i`` took last."""
         return self._s.threads[i].ctx.op
@@ -212,6 +217,7 @@ class ControlledScheduler:
         self.abort_reason = ""
         self._all_done = threading.Event()
         self.divergence: ScheduleDiverged | None = None
+        self.strategy_error: Exception | None = None
         self.view = SchedulerView(self)
         self._hash, self._preempt = TraceHash(), Preemptions()
         self._log = StepLog() if record_steps else None
@@ -266,10 +272,17 @@ class ControlledScheduler:
         for t in self.threads:
             assert t.thread is not None
             t.thread.join(1.0)
+        if self.strategy_error is not None:
+            raise self.strategy_error
         errors = [t for t in self.threads if t.error is not None]
         if errors:
             t = errors[0]
             raise RuntimeError(f"model thread {t.name} raised") from t.error
+        stuck = [t for t in self.threads if not t.finished]
+        if stuck:
+            # a thread blocked outside any operation (a real lock, a sleep): the run did
+            # not end, so it is a HANG, never a clean run
+            self._stuck(stuck, join_timeout)
 
     def _body(self, t: _Thread) -> None:
         t.baton.acquire()                      # wait for the first turn
@@ -316,6 +329,10 @@ class ControlledScheduler:
                     idx = indexes[0]
                 except EndOfSchedule as e:
                     self._abort(str(e))
+                    idx = indexes[0]
+                except Exception as e:         # a broken strategy: stop, run() raises it
+                    self.strategy_error = e
+                    self._abort(f"the strategy raised {type(e).__name__}: {e}")
                     idx = indexes[0]
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
@@ -408,6 +425,21 @@ class ControlledScheduler:
             self.rec.report("DEADLOCK", "scheduler", f"no runnable thread: {names}\n{detail}",
                             ctx)
         self._abort(f"deadlock: {names}")
+
+    def _stuck(self, stuck: list[_Thread], waited: float) -> None:
+        frames = sys._current_frames()
+        where = []
+        for t in stuck:
+            frame = frames.get(t.thread.ident) if t.thread is not None else None
+            last = traceback.format_stack(frame)[-1].strip() if frame is not None else "?"
+            where.append(f"{t.name} (after its step {t.ctx.last_step}, last at "
+                         f"{t.ctx.op or t.label}) is blocked outside any operation: {last}")
+        message = (f"threads did not finish within {waited:g} s and wait outside the "
+                   "scheduler's operations:\n" + "\n".join(where))
+        if self.rec is not None:
+            self.rec.report("HANG", "outside_operation", message, stuck[0].ctx)
+        self.aborting = True
+        self.abort_reason = message.splitlines()[0]
 
     def _hang(self) -> None:
         live = [t for t in self.threads if not t.finished]

@@ -25,21 +25,25 @@ from core.kvm import Kvm
 from core.sched import current
 
 from .controlled import ControlledScheduler
-from .strategies import ScriptStrategy
+from .strategies import ScriptStrategy, Strategy
 
 
 class Sequencer:
-    """A VM whose threads follow ``script`` (see :class:`ScriptStrategy`).
+    """A VM whose threads follow ``script`` (see :class:`ScriptStrategy`), or any
+    ``strategy``.
 
     Strict by default, as Trio's Sequencer: a directive naming a thread that cannot run
     fails the run.  ``strict=False`` lets the lowest-index runnable thread go until the
     named one can run, so one script can serve a variant where a lock makes it wait.
     """
 
-    def __init__(self, variant: str, script: Sequence[tuple], *, strict: bool = True,
-                 nr_vcpus: int = 1, max_steps: int = 100_000, **kvm_kw: object) -> None:
+    def __init__(self, variant: str, script: Sequence[tuple] = (), *, strict: bool = True,
+                 nr_vcpus: int = 1, max_steps: int = 100_000,
+                 strategy: Strategy | None = None, **kvm_kw: object) -> None:
         self.rec = Recorder()
-        self.strategy = ScriptStrategy(script, strict=strict)
+        # ``strategy`` replaces the script (a bounded exploration drives the same setup)
+        self.strategy = strategy if strategy is not None else ScriptStrategy(script,
+                                                                             strict=strict)
         self.sched = ControlledScheduler(self.strategy, recorder=self.rec, max_steps=max_steps)
         self.kvm = Kvm(variant, self.sched, nr_vcpus=nr_vcpus, recorder=self.rec,
                        **kvm_kw)  # type: ignore[arg-type]
