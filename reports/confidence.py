@@ -51,8 +51,35 @@ def pct_bound(s: dict) -> dict:
             "sync_steps_mean": pct.get("sync_steps_mean"), "rows": rows}
 
 
+def bounded_text(s: dict) -> list[str]:
+    """What a ``--strategy bounded`` campaign establishes: how many workloads were walked
+    completely, the schedules run and pruned, and whether any fired."""
+    b = s["bounded"]
+    p = b["preemptions"]
+    clean = not s.get("findings")
+    lines = [f"Bounded exploration (CHESS preemption bounding, P = {p}): "
+             f"{b['complete']:,} of {b['workloads']:,} workloads walked completely; "
+             f"{b['schedules']:,} schedules with at most {p} preemption"
+             f"{'s' if p != 1 else ''} run to the end and {b['pruned']:,} cut as "
+             f"equivalent to one of them ({b['executions']:,} executions with the "
+             f"iterative bounds 0..{p})."]
+    if b["complete"] == b["workloads"] and clean:
+        lines += ["", f"Complete and clean: for each of these {b['workloads']:,} workloads, "
+                  f"every schedule with at most {p} preemptions was run, or cut as "
+                  "equivalent to one that was, and none fires."]
+    elif clean:
+        lines += ["", f"{b['workloads'] - b['complete']:,} walk(s) stopped before the end "
+                  "(time, the cap, or an interrupt): nothing is claimed for the schedules "
+                  "they did not reach."]
+    else:
+        lines.append("The campaign was not clean: see the findings.")
+    return lines
+
+
 def confidence_text(s: dict) -> list[str]:
     """The statement as Markdown lines (also used, escaped, by the HTML report)."""
+    if s.get("bounded"):
+        return bounded_text(s)
     b = pct_bound(s)
     if not b["ok"]:
         return [f"No PCT bound: {b['why']}."]
@@ -75,4 +102,4 @@ def confidence_text(s: dict) -> list[str]:
     return lines
 
 
-__all__ = ["pct_bound", "confidence_text"]
+__all__ = ["pct_bound", "confidence_text", "bounded_text"]

@@ -152,6 +152,10 @@ def text_summary(s: dict, out: Path) -> str:
     lines = [f"{s['variant']}: {s['runs']} runs, {s['steps']} steps in {s['elapsed_s']:.1f} s "
              f"({s['runs'] / max(s['elapsed_s'], 1e-9):.1f} runs/s), stopped by "
              f"{s['stop_reason'] or 'end'}"]
+    if s.get("bounded"):
+        from .confidence import bounded_text
+        # a "run" of a bounded campaign is one workload walked; say what the walks did
+        lines += [ln for ln in bounded_text(s) if ln]
     rows = [f"{i}:{r['hits']}" + (f"(bug {r['bug_hits']})" if r["bug_hits"] else "")
             for i, r in s["rows"].items() if r["hits"] or r["bug_hits"]]
     lines.append("rows hit: " + (" ".join(rows) or "none"))

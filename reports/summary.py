@@ -121,6 +121,14 @@ class Totals:
     sync_steps_sum: float = 0
     sync_steps_max: int = 0
     runs_past_k: int = 0
+    # --strategy bounded: workloads walked, how many completely, the schedules run to
+    # the end and pruned (last bound's walk), executions of all walks, the bound
+    bounded_workloads: int = 0
+    bounded_complete: int = 0
+    bounded_schedules: int = 0
+    bounded_pruned: int = 0
+    bounded_executions: int = 0
+    bounded_preemptions: int = 0
     seamcalls: dict[str, dict[str, int]] = field(
         default_factory=lambda: {p: {} for p in PHASES})
     rows_by_phase: dict[str, list[int]] = field(
@@ -139,6 +147,12 @@ class Totals:
             one.pct_k_max, one.pct_runs = s["pct_k"], 1
             one.sync_steps_sum = one.sync_steps_max = s["sync_steps"]
             one.runs_past_k = int(s["sync_steps"] > s["pct_k"])
+        b = s.get("bounded")
+        if b:
+            one.bounded_workloads, one.bounded_complete = 1, int(b["complete"])
+            one.bounded_schedules, one.bounded_pruned = b["schedules"], b["pruned"]
+            one.bounded_executions = b["executions_total"]
+            one.bounded_preemptions = b["preemptions"]
         self.add(one)
 
     def add(self, o: "Totals") -> None:
@@ -160,6 +174,12 @@ class Totals:
         self.sync_steps_sum += o.sync_steps_sum
         self.sync_steps_max = max(self.sync_steps_max, o.sync_steps_max)
         self.runs_past_k += o.runs_past_k
+        self.bounded_workloads += o.bounded_workloads
+        self.bounded_complete += o.bounded_complete
+        self.bounded_schedules += o.bounded_schedules
+        self.bounded_pruned += o.bounded_pruned
+        self.bounded_executions += o.bounded_executions
+        self.bounded_preemptions = max(self.bounded_preemptions, o.bounded_preemptions)
         for k, v in o.busy.items():
             self.busy[k] = self.busy.get(k, 0) + v
         for phase, calls in o.seamcalls.items():
@@ -194,6 +214,12 @@ class Totals:
                      "sync_steps_mean": round(self.sync_steps_sum / max(self.pct_runs, 1), 1),
                      "sync_steps_max": self.sync_steps_max, "runs_past_k": self.runs_past_k}
                     if self.pct_k_max else None),
+            "bounded": ({"preemptions": self.bounded_preemptions,
+                         "workloads": self.bounded_workloads,
+                         "complete": self.bounded_complete,
+                         "schedules": self.bounded_schedules, "pruned": self.bounded_pruned,
+                         "executions": self.bounded_executions}
+                        if self.bounded_workloads else None),
         }
 
     @classmethod
@@ -218,6 +244,11 @@ class Totals:
             t.pct_k_max, t.pct_runs = pct["k"], pct.get("runs", s["runs"])
             t.sync_steps_sum = pct["sync_steps_mean"] * t.pct_runs
             t.sync_steps_max, t.runs_past_k = pct["sync_steps_max"], pct["runs_past_k"]
+        b = s.get("bounded")
+        if b:
+            t.bounded_workloads, t.bounded_complete = b["workloads"], b["complete"]
+            t.bounded_schedules, t.bounded_pruned = b["schedules"], b["pruned"]
+            t.bounded_executions, t.bounded_preemptions = b["executions"], b["preemptions"]
         return t
 
 

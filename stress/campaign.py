@@ -35,7 +35,7 @@ from reports.summary import FindingAgg, Totals
 
 from .config import RunConfig
 from .repro import Repro, make_repro, write_repro
-from .runner import RunResult, hunt_stop, run_seed
+from .runner import RunResult, explore_seed, hunt_stop, run_seed
 
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 # past --duration, how long the runs in flight get to reach a yield point and stop
@@ -43,7 +43,12 @@ DEADLINE_GRACE = 3.0
 
 
 # ---------------------------------------------------------------------- worker side
-def _worker_init(slot=None) -> None:
+_EXECUTIONS = None       # a worker's shared counter of bounded executions (progress)
+
+
+def _worker_init(slot=None, executions=None) -> None:
+    global _EXECUTIONS
+    _EXECUTIONS = executions
     # Ctrl-C (and a hang-up) goes to the whole process group: the parent decides,
     # workers carry on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -105,9 +110,43 @@ def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool,
     for seed in seeds:
         if deadline is not None and time.monotonic() > deadline:
             break
+        if cfg.strategy == "bounded":
+            b = bounded_summary(cfg, seed, stop, deadline)
+            if b is not None:
+                out.append(b)
+            continue
         r = run_seed(cfg, seed, stop_on=stop, record_steps=False, deadline=deadline)
         out.append(seed_summary(cfg, r))
     return out
+
+
+def bounded_summary(cfg: RunConfig, seed: int, stop, deadline: float | None) -> dict | None:
+    """One seed's bounded walk as one seed summary: the counters of its first execution
+    (its workload), every distinct finding with the schedule that found it, and the
+    walk's figures under ``"bounded"``."""
+    def progress(b, total: int) -> None:
+        if _EXECUTIONS is not None and not total % 16:
+            with _EXECUTIONS.get_lock():
+                _EXECUTIONS.value += 16
+    first, kept, e = explore_seed(cfg, seed, stop_on=stop, deadline=deadline,
+                                  progress=progress)
+    if first is None:       # out of time before the first execution: nothing to count
+        return None
+    s = seed_summary(cfg, first)
+    findings: dict[str, dict] = {}
+    repros: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for r in kept:
+        part = seed_summary(cfg, r)
+        for fd in part["findings"]:
+            sig = Finding.from_dict(fd).signature
+            if sig not in findings:
+                findings[sig] = fd
+                repros[sig] = part["repros"][sig]
+                counts[sig] = part["counts"].get(sig, 1)
+    s.update(findings=list(findings.values()), repros=repros, counts=counts,
+             cut_short=e.stopped == "out of time", bounded=e.to_dict())
+    return s
 
 
 def lane_task(repro: dict) -> str | None:
@@ -165,6 +204,7 @@ class Campaign:
         self.timeline: list[dict] = []
         self.errors: list[str] = []
         self.worker_restarts = 0
+        self.executions = None
         rundir.claim(out)
         (out / rundir.FINDINGS).mkdir(parents=True, exist_ok=True)
         self._events = open(out / rundir.EVENTS, "a", buffering=1)
@@ -300,10 +340,12 @@ class Campaign:
         ctx = multiprocessing.get_context("spawn")
 
         slot = ctx.Value("i", 0)
+        self.executions = ctx.Value("q", 0)     # bounded walks' executions, for progress
 
         def new_pool() -> ProcessPoolExecutor:
             return ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx,
-                                       initializer=_worker_init, initargs=(slot,),
+                                       initializer=_worker_init,
+                                       initargs=(slot, self.executions),
                                        max_tasks_per_child=256)
         pool = new_pool()
         import psutil
@@ -460,8 +502,11 @@ class Campaign:
         t = self.totals
         el = time.monotonic() - self.t0
         rate = t.runs / el if el > 0 else 0.0
+        walks = ""
+        if self.spec.config.strategy == "bounded" and self.executions is not None:
+            walks = f"  executions ~{self.executions.value:,} (workloads walked: {t.runs})"
         return (f"{el:7.1f}s  runs {t.runs}  ({rate:.1f}/s)  steps {t.steps}  "
-                f"findings {len(self.findings)}  rss {self.peak_rss / 2**20:.0f} MiB")
+                f"findings {len(self.findings)}{walks}  rss {self.peak_rss / 2**20:.0f} MiB")
 
 
 def _shutdown(pool: ProcessPoolExecutor) -> None:

@@ -82,8 +82,12 @@ def _add_campaign_args(p: argparse.ArgumentParser, duration: float) -> None:
     g.add_argument("--mode", default=_D.mode, choices=MODES)
     g.add_argument("--strategy", default=_D.strategy, choices=STRATEGIES,
                    help="controlled mode: pct, random, or portfolio (default: pct on even "
-                        "seeds, random on odd ones)")
+                        "seeds, random on odd ones); bounded: every schedule of each "
+                        "seed's workload with at most --preemptions preemptions (for small "
+                        "workloads: --vcpus 1 --zappers 1 --ops 2)")
     g.add_argument("--depth", type=int, default=_D.depth, help=f"PCT depth (default {_D.depth})")
+    g.add_argument("--preemptions", type=int, default=_D.preemptions,
+                   help=f"bounded: the preemption bound P (default {_D.preemptions})")
     g.add_argument("--seed", default=None,
                    help=f"base seed (else ${SEED_ENV}, else a fresh one, printed)")
     b = g.add_mutually_exclusive_group()
@@ -220,7 +224,8 @@ def setup_logging(out: Path | None, quiet: bool, verbose: bool, rotate: bool):
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(variant=args.variant, mode=args.mode, strategy=args.strategy,
-                     depth=args.depth, vcpus=args.vcpus, zappers=args.zappers, ops=args.ops,
+                     depth=args.depth, preemptions=args.preemptions, vcpus=args.vcpus,
+                     zappers=args.zappers, ops=args.ops,
                      busy_rate=args.busy_rate, max_steps=args.max_steps, guest=args.guest,
                      conversions=args.conversions or "").validate()
 

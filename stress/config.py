@@ -28,7 +28,7 @@ CONVERSIONS = ("mapgpa", "async")
 # (strategy_of), as Coyote's portfolio runs several strategies side by side: PCT's
 # priorities give its bound and find bugs of few ordering points, random's fine-grained
 # switching finds those of many (a Linux TD's hunt-b: four ordering points)
-STRATEGIES = ("portfolio", "pct", "random")
+STRATEGIES = ("portfolio", "pct", "random", "bounded")
 
 
 def default_conversions(guest: str) -> str:
@@ -172,6 +172,7 @@ class RunConfig:
     mode: str = "controlled"
     strategy: str = "portfolio"
     depth: int = 3
+    preemptions: int = 2        # bounded: every schedule with at most this many
     vcpus: int = 2
     zappers: int = 2
     ops: int = 10               # zapper operations per zapper; guest program length scales
@@ -207,6 +208,9 @@ class RunConfig:
                               "makes MapGPA calls)")
         checks = [
             (1 <= self.depth <= 20, "--depth must be between 1 and 20"),
+            (0 <= self.preemptions <= 10, "--preemptions must be between 0 and 10"),
+            (self.strategy != "bounded" or self.mode == "controlled",
+             "--strategy bounded needs --mode controlled"),
             (1 <= self.vcpus <= 16, "--vcpus must be between 1 and 16"),
             (0 <= self.zappers <= 16, "--zappers must be between 0 and 16"),
             (1 <= self.ops <= 10_000, "--ops must be between 1 and 10000"),

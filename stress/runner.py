@@ -8,7 +8,7 @@ that the controlled scheduler can follow (``trace=``) to replay it exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from core.findings import Finding, Recorder
 from core.invariants import report_invariants
@@ -29,6 +29,9 @@ from .strategies import (
     pct_horizon,
 )
 from .workload import Running, Workload, generate, new_vm, vcpu_role, zapper_role
+
+if TYPE_CHECKING:
+    from .bounded import Exploration
 
 StopOn = Callable[[Finding], bool]
 
@@ -104,6 +107,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = TraceStrategy(trace)
         elif schedule is not None:
             strategy = ReplayStrategy(schedule, lenient=lenient)
+        elif cfg.strategy == "bounded":
+            raise ValueError("a bounded configuration runs through explore_seed()")
         elif cfg.strategy_of(seed) == "random":
             strategy = RandomStrategy(streams.get("schedule"))
         else:
@@ -173,4 +178,33 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     )
 
 
-__all__ = ["RunResult", "run_seed", "hunt_stop", "ScheduleDiverged"]
+# the most executions one seed's bounded walk may take; past it the walk is incomplete
+BOUNDED_CAP = 200_000
+
+
+def explore_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
+                 deadline: float | None = None, max_executions: int = BOUNDED_CAP,
+                 progress: Callable | None = None) -> tuple[RunResult | None, list[RunResult], "Exploration"]:
+    """``--strategy bounded``: every schedule of seed ``seed``'s workload with at most
+    ``cfg.preemptions`` preemptions (:mod:`stress.bounded`).  Returns the executions that
+    brought a new finding (each replays from its own schedule) and what the walk did,
+    after the first execution (None if none ran)."""
+    from .bounded import explore
+    kept: list[RunResult] = []
+    first: list[RunResult] = []
+    seen: set[str] = set()
+
+    def execute(strategy: Strategy) -> tuple[list[Finding], list[int]]:
+        r = run_seed(cfg, seed, strategy=strategy, record_steps=False, deadline=deadline)
+        if not first:
+            first.append(r)
+        if any(f.signature not in seen for f in r.findings):
+            seen.update(f.signature for f in r.findings)
+            kept.append(r)
+        return r.findings, r.schedule
+    e = explore(execute, cfg.preemptions, stop_on=stop_on, deadline=deadline,
+                max_executions=max_executions, progress=progress)
+    return (first[0] if first else None), kept, e
+
+
+__all__ = ["RunResult", "run_seed", "explore_seed", "hunt_stop", "ScheduleDiverged"]

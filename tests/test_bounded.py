@@ -157,3 +157,35 @@ def test_pruning_loses_no_outcome_on_the_model(name, variant, bound):
     assert e_full.complete and e_cut.complete
     assert cut == full
     assert e_cut.pruned > 0 and e_cut.schedules < e_full.schedules
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_cli_bounded_states_completeness_and_keeps_replayable_findings(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run(variant, out, *extra):
+        return subprocess.run([sys.executable, "-m", "stress", "run", "--strategy", "bounded",
+                               "--preemptions", "1", "--vcpus", "1", "--zappers", "1",
+                               "--ops", "1", "--seeds", "1", "--seed", "3", "--variant",
+                               variant, "--out", str(out), "-q", *extra],
+                              capture_output=True, text=True, timeout=100)
+    clean = run("hugepage-rfc", tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr
+    s = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    b = s["bounded"]
+    assert b["workloads"] == b["complete"] == 1 and b["schedules"] > 10
+    assert "Complete and clean" in (tmp_path / "clean" / "report.md").read_text()
+    assert "every schedule with at most 1 preemptions" in \
+        (tmp_path / "clean" / "report.md").read_text()
+
+    hunt = run("hunt-c", tmp_path / "hunt", "--ops", "2")
+    assert hunt.returncode == 1, hunt.stderr
+    s = json.loads((tmp_path / "hunt" / "summary.json").read_text())
+    [f] = [f for f in s["findings"] if f["path"] == "c"][:1]
+    rp = subprocess.run([sys.executable, "-m", "stress", "replay", str(tmp_path / "hunt" /
+                                                                      f["repro"])],
+                        capture_output=True, text=True, timeout=60)
+    assert rp.returncode == 1 and "reproduced" in rp.stdout, rp.stdout + rp.stderr

@@ -428,3 +428,30 @@ def test_script_strategy_runs_threads_in_index_order_after_script():
     sched.run([("a", body), ("b", body), ("c", body)], join_timeout=JOIN)
     # "steps b 2": b starts, then takes one read; then a, then the rest of b, then c
     assert names == ["b", "a", "a", "a", "b", "b", "c", "c", "c"]
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(30)
+def test_a_thread_blocked_outside_any_operation_is_a_hang_not_a_clean_run():
+    import random
+    import threading
+
+    from core.findings import Recorder
+    from stress.controlled import ControlledScheduler
+    from stress.strategies import RandomStrategy
+    real = threading.Lock()
+    real.acquire()                       # never released: thread a blocks on it for real
+    rec = Recorder()
+    s = ControlledScheduler(RandomStrategy(random.Random(1)), recorder=rec)
+
+    def a():
+        s.op("a.step", None, lambda: None)
+        real.acquire()
+
+    def b():
+        s.op("b.step", None, lambda: None)
+    s.run([("a", a), ("b", b)], join_timeout=1.0)
+    [f] = rec.findings
+    assert f.kind == "HANG" and f.where == "outside_operation"
+    assert "a (after its step" in f.message and "real.acquire()" in f.message
+    assert s.aborting and s.abort_reason
