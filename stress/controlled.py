@@ -15,7 +15,7 @@ decision and every step; they never change what runs.
 
 Example::
 
-    sched = ControlledScheduler(PCTStrategy(random.Random(7), depth=3, max_steps=10_000))
+    sched = ControlledScheduler(PCTStrategy(random.Random(7), depth=3, horizon=100))
     kvm = Kvm("hugepage-rfc", sched)
     sched.run([("vcpu0", lambda: ...), ("zapper0", lambda: ...)])
 """

@@ -113,7 +113,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
-                                   max_steps=pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers)),
+                                   horizon=pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers)),
                                    sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
                                     recorder=rec, record_steps=record_steps,
@@ -172,7 +172,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
         vm_bugged=kvm.vm_bugged,
         preemptions=sched.preemptions,
-        pct_k=strategy.max_steps if isinstance(strategy, PCTStrategy) else 0,
+        pct_k=strategy.horizon if isinstance(strategy, PCTStrategy) else 0,
         sync_steps=strategy.sync_steps if isinstance(strategy, PCTStrategy) else 0,
         decision_items=list(sched.items),
     )

@@ -78,7 +78,7 @@ class Shrinker:
             horizon = pct_horizon(sum(map(len, w.zaps)) + sum(map(len, w.programs)))
             strategy: Strategy | None = RunReplayStrategy(schedule) if k == 0 else None
             if k % 2:
-                strategy = PCTStrategy(rng, depth=2 + k // 2, max_steps=horizon, sync=is_sync)
+                strategy = PCTStrategy(rng, depth=2 + k // 2, horizon=horizon, sync=is_sync)
             elif k:
                 strategy = RandomStrategy(rng)
             r = run_seed(cfg, self.seed, schedule=schedule, workload=w, lenient=True,
@@ -140,7 +140,7 @@ class Shrinker:
             rng = random.Random(f"tdx-stress:research:{self.seed}:{self.runs}")
             # depths 1..4 in turn, every fifth a uniform random walk
             strategy: Strategy = (RandomStrategy(rng) if self.runs % 5 == 0 else
-                                  PCTStrategy(rng, depth=1 + self.runs % 4, max_steps=horizon,
+                                  PCTStrategy(rng, depth=1 + self.runs % 4, horizon=horizon,
                                               sync=is_sync))
             r = run_seed(cfg, self.seed, workload=w, strategy=strategy, stop_on=stop,
                          record_steps=True, step_limit=self.best_steps + 1)

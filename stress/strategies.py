@@ -58,17 +58,53 @@ BURST = 64   # most steps another thread gets at a spin hint
 
 
 def pct_horizon(operations: int) -> int:
-    """PCT's k for a run of ``operations`` zapper operations and guest instructions: a
-    rough count of the steps it takes (three an operation, at least 20), so that change
-    points land inside the run rather than after it."""
+    """A first guess of PCT's k for a run of ``operations`` zapper operations and guest
+    instructions (three SEAMCALL windows an operation, at least 20): what calibration
+    (:func:`learn_horizon`) starts from, and the shrinker's horizon."""
     return max(20, 3 * operations)
+
+
+def learn_horizon(samples: Sequence[int], quantile: float = 0.9) -> int:
+    """PCT's k learned from the lengths (in the steps PCT counts) of runs of one
+    configuration, as Shuttle's PCT learns its step bound from the executions it made:
+    the ``quantile`` of the samples, so change points land inside nearly every run
+    (a bound from the longest run alone would put them past the end of most runs of a
+    heavy-tailed configuration).  The runs longer than k are counted and reported.
+
+    >>> learn_horizon([30, 40, 50, 60, 2000], quantile=0.8)
+    60
+    """
+    if not samples:
+        raise ValueError("learn_horizon needs at least one sample")
+    xs = sorted(samples)
+    return max(2, xs[min(len(xs) - 1, max(0, round(quantile * (len(xs) - 1))))])
+
+
+class HorizonLearner:
+    """Learns k across executions for a program run many times (Shuttle's PCT): start
+    from ``initial``, then ``k`` is :func:`learn_horizon` of every run seen so far.
+
+    Use: ``s = PCTStrategy(rng, depth, horizon=learner.k)``; run;
+    ``learner.observe(s.sync_steps)``."""
+
+    def __init__(self, initial: int, quantile: float = 0.9) -> None:
+        self.samples: list[int] = []
+        self.initial = initial
+        self.quantile = quantile
+
+    @property
+    def k(self) -> int:
+        return learn_horizon(self.samples, self.quantile) if self.samples else self.initial
+
+    def observe(self, steps: int) -> None:
+        self.samples.append(steps)
 
 
 class PCTStrategy(Strategy):
     """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
 
     Threads get distinct random priorities; the highest-priority runnable thread runs.
-    ``depth - 1`` change points are drawn uniformly over the first ``max_steps``
+    ``depth - 1`` change points are drawn uniformly over the first ``horizon`` (k)
     SEAMCALL windows (:func:`is_sync`); at each, the thread about to finish that
     SEAMCALL drops below every other, holding the module's locks.  (``sync`` chooses
     which steps count; None counts every step, the textbook algorithm.)  A bug of
@@ -76,16 +112,23 @@ class PCTStrategy(Strategy):
     least 1/(n * k^(d-1)).  At a spin hint (``cpu_relax``/``cond_resched``) a random
     other thread gets a burst of up to 64 steps, so a spin-wait cannot starve the thread
     it waits for.
+
+    ``horizon`` has no default: a k far above a run's length puts the change points
+    past its end (a fixed 10,000 took reorder_3's hit rate from 1 in 30 to 1 in
+    10,000); learn it (:func:`learn_horizon`, :class:`HorizonLearner`).  Change points
+    are drawn over 1..k inclusive.
     """
 
-    def __init__(self, rng: random.Random, depth: int = 3, max_steps: int = 10_000,
+    def __init__(self, rng: random.Random, depth: int = 3, *, horizon: int,
                  sync: Callable[[str], bool] | None = None) -> None:
+        if horizon < 1:
+            raise ValueError(f"PCT's horizon must be at least 1, not {horizon}")
         self.rng = rng
         self.sync = sync
         self.depth = depth
-        self.max_steps = max_steps
+        self.horizon = horizon
         self.priorities: dict[int, float] = {}
-        self.change_points = sorted(rng.randrange(1, max(2, max_steps))
+        self.change_points = sorted(rng.randrange(1, horizon + 1)
                                     for _ in range(max(0, depth - 1)))
         self.sync_steps = 0
         self._low = 0.0
@@ -98,7 +141,7 @@ class PCTStrategy(Strategy):
                 # fresh threads get a random priority above every changed one
                 self.priorities[i] = 1.0 + self.rng.random()
         cur, label = view.current, view.current_label
-        if cur is not None and (self.sync is None or self.sync(label)):
+        if cur is not None and label != "exit" and (self.sync is None or self.sync(label)):
             self.sync_steps += 1
             while self.change_points and self.sync_steps >= self.change_points[0]:
                 self.change_points.pop(0)

@@ -86,7 +86,7 @@ def run_workload(strategy) -> tuple[list[int], list[tuple[int, str]], Controlled
 # ------------------------------------------------------------------------ 1. determinism
 @pytest.mark.parametrize("make", [
     lambda: RandomStrategy(random.Random(1234)),
-    lambda: PCTStrategy(random.Random(1234), depth=3, max_steps=150),
+    lambda: PCTStrategy(random.Random(1234), depth=3, horizon=150),
 ], ids=["random", "pct"])
 def test_same_seed_same_schedule_20_runs(make):
     """The same seed over the same threads gives the same schedule and steps, 20 times."""
@@ -110,7 +110,7 @@ def test_different_seed_different_schedule_random():
 def test_different_seed_different_schedule_pct():
     """PCTStrategy: different seeds do not all give the same schedule."""
     schedules = {tuple(run_workload(PCTStrategy(random.Random(seed), depth=3,
-                                                max_steps=150))[0])
+                                                horizon=150))[0])
                  for seed in range(1, 6)}
     assert len(schedules) > 1
 
@@ -130,7 +130,7 @@ def test_replay_reproduces_recorded_schedule():
 
 def test_replay_of_pct_schedule():
     """A PCT run replays exactly too (the replay knows nothing of priorities)."""
-    sched_a, steps_a, _ = run_workload(PCTStrategy(random.Random(8), depth=3, max_steps=150))
+    sched_a, steps_a, _ = run_workload(PCTStrategy(random.Random(8), depth=3, horizon=150))
     sched_b, steps_b, s = run_workload(ReplayStrategy(sched_a))
     assert (sched_b, steps_b) == (sched_a, steps_a)
 
@@ -377,7 +377,7 @@ def _runs(threads: list[int]) -> list[int]:
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_pct_depth1_runs_whole_threads_by_priority(seed):
     """PCT depth 1 with non-blocking threads: each thread runs whole, highest priority first."""
-    strategy = PCTStrategy(random.Random(seed), depth=1, max_steps=1000)
+    strategy = PCTStrategy(random.Random(seed), depth=1, horizon=1000)
     assert strategy.change_points == []
     sched, rec = new_sched(strategy)
     sched.run(_independent(sched, rec), join_timeout=JOIN)
@@ -393,7 +393,7 @@ def test_pct_depth1_runs_whole_threads_by_priority(seed):
 
 def test_pct_depth1_counts_no_preemptions():
     """A depth-1 PCT run of whole-thread runs has no preemption (switches only at exits)."""
-    strategy = PCTStrategy(random.Random(1), depth=1, max_steps=1000)
+    strategy = PCTStrategy(random.Random(1), depth=1, horizon=1000)
     sched, rec = new_sched(strategy)
     sched.run(_independent(sched, rec), join_timeout=JOIN)
     assert len(_runs([s.thread for s in sched.steps])) == 4
@@ -404,7 +404,7 @@ def test_pct_depth3_preempts():
     """Control: PCT depth 3 with change points inside the run does switch mid-thread."""
     found = False
     for seed in range(1, 11):
-        strategy = PCTStrategy(random.Random(seed), depth=3, max_steps=100)
+        strategy = PCTStrategy(random.Random(seed), depth=3, horizon=100)
         sched, rec = new_sched(strategy)
         sched.run(_independent(sched, rec), join_timeout=JOIN)
         if len(_runs([s.thread for s in sched.steps])) > 4:
