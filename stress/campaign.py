@@ -35,7 +35,14 @@ from reports.summary import FindingAgg, Totals
 
 from .config import RunConfig
 from .repro import Repro, make_repro, write_repro
-from .runner import RunResult, explore_seed, hunt_stop, run_seed
+from .runner import (
+    CalibrationCut,
+    RunResult,
+    explore_seed,
+    hunt_stop,
+    run_seed,
+    with_learned_pct_k,
+)
 
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
 # past --duration, how long the runs in flight get to reach a yield point and stop
@@ -205,6 +212,8 @@ class Campaign:
         self.errors: list[str] = []
         self.worker_restarts = 0
         self.executions = None
+        self.calibration_cut = False    # the time ran out (or a signal came) while PCT's
+                                        # k was being learned: no run was made
         rundir.claim(out)
         (out / rundir.FINDINGS).mkdir(parents=True, exist_ok=True)
         self._events = open(out / rundir.EVENTS, "a", buffering=1)
@@ -235,6 +244,7 @@ class Campaign:
             "findings": [f.to_dict() for f in sorted(self.findings.values(),
                                                      key=lambda f: f.first_seed)],
             "errors": self.errors,
+            "pct_calibration_cut": self.calibration_cut,
             "worker_restarts": self.worker_restarts,
             "resources": {"peak_rss_mb": round(self.peak_rss / 2**20, 1),
                           "cpu_s": round(self.cpu_s, 2)},
@@ -357,10 +367,24 @@ class Campaign:
         restarts = 0
         exhausted = False
         last_ckpt = last_beat = last_sample = time.monotonic()
-        cfg_dict = spec.config.to_dict()
         deadline = self.t0 + spec.duration if spec.duration is not None else None
+        calibrated = True
         try:
-            while True:
+            # PCT's k: learned here, once, and handed to every worker in the config
+            k_was = spec.config.pct_k
+            spec.config = with_learned_pct_k(spec.config, deadline,
+                                             stop=lambda: self.interrupted)
+            if spec.config.pct_k != k_was:
+                self.log(f"PCT's k learned from calibration runs: {spec.config.pct_k} "
+                         "SEAMCALL windows")
+        except CalibrationCut:
+            calibrated = False
+            self.calibration_cut = True
+            self.log("stopped while learning PCT's k: no run was made")
+        out_of_time = not calibrated and not self.interrupted
+        cfg_dict = spec.config.to_dict()
+        try:
+            while calibrated:
                 now = time.monotonic()
                 out_of_time = spec.duration is not None and now - self.t0 >= spec.duration
                 stopping = self.interrupted or self.hunted or out_of_time

@@ -173,6 +173,9 @@ class RunConfig:
     strategy: str = "portfolio"
     depth: int = 3
     preemptions: int = 2        # bounded: every schedule with at most this many
+    # PCT's k (SEAMCALL windows); 0: learned from calibration runs of this configuration
+    # (stress.runner.learned_pct_k); a campaign learns it once and records it here
+    pct_k: int = 0
     vcpus: int = 2
     zappers: int = 2
     ops: int = 10               # zapper operations per zapper; guest program length scales
@@ -209,6 +212,7 @@ class RunConfig:
         checks = [
             (1 <= self.depth <= 20, "--depth must be between 1 and 20"),
             (0 <= self.preemptions <= 10, "--preemptions must be between 0 and 10"),
+            (0 <= self.pct_k <= 10_000_000, "PCT's k must be between 0 (learn it) and 1e7"),
             (self.strategy != "bounded" or self.mode == "controlled",
              "--strategy bounded needs --mode controlled"),
             (1 <= self.vcpus <= 16, "--vcpus must be between 1 and 16"),

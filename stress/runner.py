@@ -7,6 +7,8 @@ that the controlled scheduler can follow (``trace=``) to replay it exactly.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -26,6 +28,7 @@ from .strategies import (
     Strategy,
     TraceStrategy,
     is_sync,
+    learn_horizon,
     pct_horizon,
 )
 from .workload import Running, Workload, generate, new_vm, vcpu_role, zapper_role
@@ -82,6 +85,104 @@ def hunt_stop(variant: str) -> StopOn:
     return v.hunt_hit
 
 
+# PCT's k of a configuration is learned from up to this many PCT runs on seeds of their
+# own (CALIBRATION_SEED + 2i), so it depends on the configuration alone: a seed run
+# again, alone or in any campaign, gets the same k and the same schedule
+CALIBRATION_RUNS = 12
+CALIBRATION_SEED = 1 << 40
+CALIBRATION_STEPS = 400_000     # calibration takes at most about this many steps in all
+_LEARNED: dict[tuple, int] = {}
+
+
+class CalibrationCut(Exception):
+    """The campaign's time ran out while PCT's k was being learned."""
+
+
+def learned_pct_k(cfg: RunConfig, deadline: float | None = None,
+                  stop: Callable[[], bool] | None = None) -> int:
+    """PCT's k for ``cfg``, the one place it is computed: ``cfg.pct_k`` if set, else
+    learned once per process and configuration from the SEAMCALL windows of calibration
+    runs (:func:`~stress.strategies.learn_horizon`), as Shuttle's PCT learns its step
+    bound from the executions it made.  The budget is in steps, never in seconds (so k
+    never depends on the machine); past ``deadline`` it raises :class:`CalibrationCut`
+    (the campaign has no time left to use k), and when ``stop()`` says so (a signal)."""
+    if cfg.pct_k:
+        return cfg.pct_k
+    key = tuple(sorted(cfg.with_(pct_k=0, strategy="pct").to_dict().items()))
+    k = _LEARNED.get(key)
+    if k is None:
+        k = _LEARNED[key] = _cached_k(key) or 0
+    if not k:
+        guess = pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers))
+        lengths: list[int] = []
+        steps = 0
+        for i in range(CALIBRATION_RUNS):
+            if steps >= CALIBRATION_STEPS:
+                break
+            if stop is not None and stop():
+                raise CalibrationCut("stopped while PCT's k was being learned")
+            seed = CALIBRATION_SEED + 2 * i
+            strategy = PCTStrategy(Streams(seed).get("schedule"), cfg.depth, horizon=guess,
+                                   sync=is_sync)
+            r = run_seed(cfg.with_(strategy="pct", pct_k=guess), seed, strategy=strategy,
+                         record_steps=False, deadline=deadline,
+                         step_limit=min(cfg.max_steps, CALIBRATION_STEPS // 4))
+            if r.cut_short:
+                raise CalibrationCut("the time ran out while PCT's k was being learned")
+            lengths.append(r.sync_steps)
+            steps += r.steps
+        k = _LEARNED[key] = learn_horizon(lengths)
+        _cache_k(key, k)
+    return k
+
+
+def _k_cache_file():
+    from pathlib import Path
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "tdx-stress" / "pct_k.json"
+
+
+def _k_cache_key(key: tuple) -> str:
+    """The model's hash and the configuration: k is a function of these alone, so a
+    cached k is the one calibration would learn again."""
+    from .repro import model_hash
+    return f"{model_hash()}:{json.dumps(key)}"
+
+
+def _cached_k(key: tuple) -> int | None:
+    try:
+        return int(json.loads(_k_cache_file().read_text())[_k_cache_key(key)])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cache_k(key: tuple, k: int) -> None:
+    """Keep a learned k for later processes (best effort: a cache, never required)."""
+    f = _k_cache_file()
+    try:
+        try:
+            known = json.loads(f.read_text())
+            if not isinstance(known, dict) or len(known) > 1000:
+                known = {}
+        except (OSError, ValueError):
+            known = {}
+        known[_k_cache_key(key)] = k
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, f)
+    except OSError:
+        pass
+
+
+def with_learned_pct_k(cfg: RunConfig, deadline: float | None = None,
+                       stop: Callable[[], bool] | None = None) -> RunConfig:
+    """``cfg`` with PCT's k fixed (learned if it was 0), for a campaign's workers."""
+    if cfg.mode != "controlled" or cfg.strategy not in ("pct", "portfolio") or cfg.pct_k:
+        return cfg
+    return cfg.with_(pct_k=learned_pct_k(cfg, deadline, stop))
+
+
 def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
              schedule: list[int] | None = None, trace: list[int] | None = None,
              workload: Workload | None = None, lenient: bool = False,
@@ -113,8 +214,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
-                                   horizon=pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers)),
-                                   sync=is_sync)
+                                   horizon=learned_pct_k(cfg), sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
                                     recorder=rec, record_steps=record_steps,
                                     deadline=deadline)
@@ -207,4 +307,4 @@ def explore_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     return (first[0] if first else None), kept, e
 
 
-__all__ = ["RunResult", "run_seed", "explore_seed", "hunt_stop", "ScheduleDiverged"]
+__all__ = ["RunResult", "run_seed", "learned_pct_k", "with_learned_pct_k", "CalibrationCut", "explore_seed", "hunt_stop", "ScheduleDiverged"]

