@@ -324,6 +324,18 @@ def test_a_hang_up_stops_a_run_with_its_summary_marked_interrupted(tmp_path):
     assert s["interrupted"] and s["stop_reason"] == "signal SIGHUP"
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_soak_stops_on_a_signal_with_its_summary_marked_interrupted(tmp_path, sig):
+    out = tmp_path / "soak"
+    p = _spawn(["soak", "--variant", "v6.19", "--out", out], tmp_path)
+    code, err, took = _stopped_by(p, sig, after=3.0)
+    assert code == 130 and took < 5 and "Traceback" not in err, (code, err, took)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == f"signal {sig}" and s["runs"] > 0, s
+    end = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["interrupted"], end
+
+
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     out = tmp_path / "job"
     p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
