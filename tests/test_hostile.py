@@ -350,6 +350,45 @@ def test_soak_stops_on_a_signal_with_its_summary_marked_interrupted(tmp_path, si
     assert end["event"] == "end" and end["interrupted"], end
 
 
+@pytest.fixture(scope="module")
+def many_shards(hunted, tmp_path_factory):
+    """300 shards of one campaign (copies of the hunted run, each given seeds of its
+    own): merging them takes `report` seconds, long enough to be signalled at work."""
+    import shutil
+    d = tmp_path_factory.mktemp("shards")
+    s = json.loads((hunted["run"] / "summary.json").read_text())
+    dirs = []
+    for i in range(300):
+        shard = d / f"s{i}"
+        shutil.copytree(hunted["run"], shard)
+        shift = 1000 * (i + 1)
+        t = dict(s, shard=f"{i}/300", seeds=[[a + shift, b + shift] for a, b in s["seeds"]],
+                 findings=[dict(f, first_seed=f["first_seed"] + shift) for f in s["findings"]])
+        (shard / "summary.json").write_text(json.dumps(t))
+        dirs.append(shard)
+    return dirs
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_report_stops_on_a_signal_with_the_merge_marked_interrupted(many_shards, tmp_path,
+                                                                    sig):
+    """Signalled once it has claimed its -o directory (while it copies the findings,
+    writes the summary or draws the plots): exit 130 within 5 s, and the merged
+    directory's summary is on disk marked interrupted, never one that looks complete."""
+    import time
+    out = tmp_path / "merged"
+    p = _spawn(["report", *many_shards, "-o", out], tmp_path)
+    t0 = time.monotonic()
+    while not (out / ".tdx-stress-run").exists() and time.monotonic() - t0 < 60:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    code, err, took = _stopped_by(p, sig, after=0.1)
+    assert code == 130 and "interrupted" in err and took < 5, (code, err, took)
+    assert "Traceback" not in err, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == f"signal {sig}", s
+
+
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     out = tmp_path / "job"
     p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
