@@ -283,6 +283,35 @@ def test_fuzz_the_repro_loader_with_bytes_and_json(hunted, tmp_path):
     workload_field()
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("command", ["replay", "shrink"])
+def test_fuzz_the_command_line_with_bad_repro_files(hunted, tmp_path, command):
+    """The whole command, as a user runs it, on any byte string, any JSON value or a
+    real repro with one field replaced: exit 0, 1, 2 or 4 (never 3, an internal error),
+    no traceback, and an end within a minute.  Few examples: each is a process."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    good = json.loads(hunted["repro"].read_text())
+    files = st.one_of(
+        st.binary(max_size=2000),
+        _json_values().map(lambda v: json.dumps(v).encode()),
+        st.tuples(st.sampled_from(sorted(good)), _json_values())
+        .map(lambda kv: json.dumps(dict(good, **{kv[0]: kv[1]})).encode()))
+    p = tmp_path / "fuzz.json"
+    extra = {"replay": ["--lanes", 0], "shrink": ["-o", tmp_path / "out", "--max-runs", 5]}
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None)
+    @given(files)
+    def check(text):
+        p.write_bytes(text)
+        r = subprocess.run(_cmd([command, p, *extra[command]]), cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode in (0, 1, 2, 4) and "Traceback" not in r.stderr, \
+            (r.returncode, r.stderr[-2000:])
+    check()
+
+
 # ---------------------------------------------------------------------- signals
 def _spawn(args, cwd):
     # a session of its own: a signal to its process group reaches it and its children
