@@ -437,10 +437,14 @@ def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     assert any("interrupted" in (f.get("message") or "") for f in root.iter("failure"))
 
 
-def test_table_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("sig, group", [("SIGINT", False), ("SIGHUP", True)],
+                         ids=["ctrl-c to the process", "hang-up to its group"])
+def test_table_stops_on_ctrl_c(tmp_path, sig, group):
     p = _spawn(["table", "--duration", 30], tmp_path)
-    code, err, took = _stopped_by(p, "SIGINT", after=4.0)
+    code, err, took = _stopped_by(p, sig, after=4.0, group=group)
     assert code == 130 and took < 5, (code, err, took)
+    for bad in ("leaked semaphore", "resource_tracker", "Traceback"):
+        assert bad not in err, err
 
 
 # ---------------------------------------------------------------------- bounds
