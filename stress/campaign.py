@@ -83,6 +83,24 @@ def _worker_init(slot=None, executions=None) -> None:
             pass
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (one per parent process, else started
+    with its first semaphore) deaf to SIGHUP, before any worker pool.  It ignores SIGINT
+    and SIGTERM by itself but not SIGHUP, so a hang-up to the process group (a closed
+    terminal, ``timeout -s HUP``) killed it, and the parent then warned of leaked
+    semaphores, with tracebacks.  SIGHUP is blocked while it is spawned: a blocked signal
+    stays blocked across exec, and the parent gets its own once unblocked.  A tracker
+    already running is left as it is."""
+    from multiprocessing import resource_tracker
+    if not hasattr(signal, "pthread_sigmask"):
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def seed_summary(cfg: RunConfig, r: RunResult) -> dict:
     """What the parent needs of one seed (JSON-able, small)."""
     repros = {}
@@ -348,7 +366,7 @@ class Campaign:
         for sig in stops:
             signal.signal(sig, on_signal)
         ctx = multiprocessing.get_context("spawn")
-
+        start_resource_tracker()        # before the first semaphore
         slot = ctx.Value("i", 0)
         self.executions = ctx.Value("q", 0)     # bounded walks' executions, for progress
 
@@ -544,4 +562,5 @@ def _shutdown(pool: ProcessPoolExecutor) -> None:
         p.join(5)
 
 
-__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary"]
+__all__ = ["Campaign", "CampaignSpec", "run_batch", "seed_summary",
+           "start_resource_tracker"]

@@ -404,12 +404,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UsageError("merging several run directories needs -o DIR")
         out = _run_dir(make_out_dir(args.out))
-        from reports.rundir import claim
+        from reports.rundir import claim, write_summary
         claim(out)
-        copy_findings([Path(d) for d in args.dirs], merged, out)
-        from reports.rundir import write_summary
-        write_summary(out, merged)
-    write_reports(merged, out, junit=junit)
+        try:
+            copy_findings([Path(d) for d in args.dirs], merged, out)
+            write_summary(out, merged)
+            write_reports(merged, out, junit=junit)
+        except KeyboardInterrupt as e:
+            # a merge cut short (Ctrl-C, SIGTERM, SIGHUP): its directory is not left
+            # looking complete; its summary says so (findings, reports may be missing)
+            sig = e.args[0] if e.args else "SIGINT"
+            write_summary(out, dict(merged, interrupted=True, stop_reason=f"signal {sig}",
+                                    findings=[{k: v for k, v in f.items() if k != "_dir"}
+                                              for f in merged["findings"]]))
+            raise
+    else:
+        write_reports(merged, out, junit=junit)
     print(text_summary(merged, out))
     return ExitCode.FINDING if merged["findings"] else ExitCode.OK
 

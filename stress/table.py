@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from core.oracle import EXPECTED, ROW_TEXT, force_transition
 from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
+from .campaign import start_resource_tracker
 from .config import RunConfig
 from .runner import hunt_stop, run_seed, with_learned_pct_k
 
@@ -86,6 +87,7 @@ def observe(duration: float, workers: int = 2, base_seed: int = 0,
     files among them) in worker processes."""
     names = list(VARIANTS) + [p for p in patches if p not in VARIANTS]
     ctx = multiprocessing.get_context("spawn")
+    start_resource_tracker()            # a hang-up must not kill it (see there)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                initializer=_ignore_interrupts)
     try:

@@ -74,6 +74,10 @@ def cases(h):
         "shrink": (["shrink", h["repro"], "-o", "{new}.json", "--max-runs", 20], 0),
         "nightly": (["nightly", "--variants", "v6.19", "--seeds", 2, "--canary", "none",
                      "--seed", 1, "--out", "{new}"], 0),
+        # 0.3 s per hunt: hunt-a1 never finds its bug that fast (it takes seconds), so
+        # the table disagrees with seed 002's: exit 1, whatever the machine's speed
+        "table that disagrees": (["table", "--duration", 0.05], 1),
+        "table bad usage": (["table", "--variant", "no-such-variant"], 2),
         "bad usage": (["run", "--seeds", "many", "--out", d / "never"], 2),
         "missing repro": (["replay", d / "no-such.json"], 2),
     }
@@ -279,19 +283,56 @@ def test_fuzz_the_repro_loader_with_bytes_and_json(hunted, tmp_path):
     workload_field()
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("command", ["replay", "shrink"])
+def test_fuzz_the_command_line_with_bad_repro_files(hunted, tmp_path, command):
+    """The whole command, as a user runs it, on any byte string, any JSON value or a
+    real repro with one field replaced: exit 0, 1, 2 or 4 (never 3, an internal error),
+    no traceback, and an end within a minute.  Few examples: each is a process."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    good = json.loads(hunted["repro"].read_text())
+    files = st.one_of(
+        st.binary(max_size=2000),
+        _json_values().map(lambda v: json.dumps(v).encode()),
+        st.tuples(st.sampled_from(sorted(good)), _json_values())
+        .map(lambda kv: json.dumps(dict(good, **{kv[0]: kv[1]})).encode()))
+    p = tmp_path / "fuzz.json"
+    extra = {"replay": ["--lanes", 0], "shrink": ["-o", tmp_path / "out", "--max-runs", 5]}
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None)
+    @given(files)
+    def check(text):
+        p.write_bytes(text)
+        r = subprocess.run(_cmd([command, p, *extra[command]]), cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode in (0, 1, 2, 4) and "Traceback" not in r.stderr, \
+            (r.returncode, r.stderr[-2000:])
+    check()
+
+
 # ---------------------------------------------------------------------- signals
 def _spawn(args, cwd):
+    # a session of its own: a signal to its process group reaches it and its children
+    # (workers, multiprocessing's resource tracker), never pytest
     return subprocess.Popen(_cmd(args), cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _stopped_by(p, sig, after: float = 2.0) -> tuple[int, str, float]:
+def _stopped_by(p, sig, after: float = 2.0, group: bool = False) -> tuple[int, str, float]:
+    """Send ``sig`` to the command ``after`` seconds in (to its whole process group, as a
+    terminal's hang-up or ``timeout`` does, when ``group``); its exit code, stderr and
+    how long it took to end."""
     import signal
     import time
     time.sleep(after)
     assert p.poll() is None, "ended before the signal"
     t0 = time.monotonic()
-    p.send_signal(getattr(signal, sig))
+    if group:
+        os.killpg(p.pid, getattr(signal, sig))
+    else:
+        p.send_signal(getattr(signal, sig))
     try:
         _, err = p.communicate(timeout=15)
     finally:
@@ -310,14 +351,71 @@ def test_replay_and_shrink_stop_on_a_signal_with_130(hunted, tmp_path, sig):
     assert code == 130 and "interrupted" in err and took < 5, (code, err, took)
 
 
-def test_a_hang_up_stops_a_run_with_its_summary_marked_interrupted(tmp_path):
+@pytest.mark.parametrize("group", [False, True], ids=["the process", "its group"])
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+def test_a_hang_up_stops_a_run_with_its_summary_marked_interrupted(tmp_path, sig, group):
+    """Two workers: the summary is written, marked interrupted, and nothing of
+    multiprocessing complains (a leaked semaphore, a resource tracker that died)."""
     out = tmp_path / "run"
     p = _spawn(["run", "--variant", "v6.19", "--duration", 60, "--workers", 2, "--out", out],
                tmp_path)
-    code, err, took = _stopped_by(p, "SIGHUP", after=4.0)
+    code, err, took = _stopped_by(p, sig, after=4.0, group=group)
     assert code == 130 and took < 5, (code, err, took)
+    for bad in ("leaked semaphore", "resource_tracker", "Traceback"):
+        assert bad not in err, err
     s = json.loads((out / "summary.json").read_text())
-    assert s["interrupted"] and s["stop_reason"] == "signal SIGHUP"
+    assert s["interrupted"] and s["stop_reason"] == f"signal {sig}"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_soak_stops_on_a_signal_with_its_summary_marked_interrupted(tmp_path, sig):
+    out = tmp_path / "soak"
+    p = _spawn(["soak", "--variant", "v6.19", "--out", out], tmp_path)
+    code, err, took = _stopped_by(p, sig, after=3.0)
+    assert code == 130 and took < 5 and "Traceback" not in err, (code, err, took)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == f"signal {sig}" and s["runs"] > 0, s
+    end = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["interrupted"], end
+
+
+@pytest.fixture(scope="module")
+def many_shards(hunted, tmp_path_factory):
+    """300 shards of one campaign (copies of the hunted run, each given seeds of its
+    own): merging them takes `report` seconds, long enough to be signalled at work."""
+    import shutil
+    d = tmp_path_factory.mktemp("shards")
+    s = json.loads((hunted["run"] / "summary.json").read_text())
+    dirs = []
+    for i in range(300):
+        shard = d / f"s{i}"
+        shutil.copytree(hunted["run"], shard)
+        shift = 1000 * (i + 1)
+        t = dict(s, shard=f"{i}/300", seeds=[[a + shift, b + shift] for a, b in s["seeds"]],
+                 findings=[dict(f, first_seed=f["first_seed"] + shift) for f in s["findings"]])
+        (shard / "summary.json").write_text(json.dumps(t))
+        dirs.append(shard)
+    return dirs
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_report_stops_on_a_signal_with_the_merge_marked_interrupted(many_shards, tmp_path,
+                                                                    sig):
+    """Signalled once it has claimed its -o directory (while it copies the findings,
+    writes the summary or draws the plots): exit 130 within 5 s, and the merged
+    directory's summary is on disk marked interrupted, never one that looks complete."""
+    import time
+    out = tmp_path / "merged"
+    p = _spawn(["report", *many_shards, "-o", out], tmp_path)
+    t0 = time.monotonic()
+    while not (out / ".tdx-stress-run").exists() and time.monotonic() - t0 < 60:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    code, err, took = _stopped_by(p, sig, after=0.1)
+    assert code == 130 and "interrupted" in err and took < 5, (code, err, took)
+    assert "Traceback" not in err, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == f"signal {sig}", s
 
 
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
@@ -339,10 +437,14 @@ def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     assert any("interrupted" in (f.get("message") or "") for f in root.iter("failure"))
 
 
-def test_table_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("sig, group", [("SIGINT", False), ("SIGHUP", True)],
+                         ids=["ctrl-c to the process", "hang-up to its group"])
+def test_table_stops_on_ctrl_c(tmp_path, sig, group):
     p = _spawn(["table", "--duration", 30], tmp_path)
-    code, err, took = _stopped_by(p, "SIGINT", after=4.0)
+    code, err, took = _stopped_by(p, sig, after=4.0, group=group)
     assert code == 130 and took < 5, (code, err, took)
+    for bad in ("leaked semaphore", "resource_tracker", "Traceback"):
+        assert bad not in err, err
 
 
 # ---------------------------------------------------------------------- bounds
