@@ -1,7 +1,8 @@
 """Time to first finding per hunt and strategy, side by side (the campaign issue).
 
 For every hunt variant and strategy (controlled pct, controlled random, free), from each
-of 5 base seeds, run seeds until the finding the hunt is after fires (docs/model.md §6), or a cap;
+of 5 base seeds (and bounded exploration on the hunt's small workload, once: it is
+deterministic), run seeds until the finding the hunt is after fires (docs/model.md §6), or a cap;
 print the median wall time and seeds to it.  One process, default configuration (as
 `tdx-stress run --variant hunt-X --stop-on-first --strategy S` would use, minus the
 worker start-up).
@@ -40,6 +41,23 @@ def time_to_first(variant: str, strategy: str, mode: str, base: int, cap: float,
     return None, n
 
 
+def bounded_to_first(variant: str, preemptions: int = 2, cap: float = 60.0):
+    """The bounded strategy on the hunt's small workload (stress.small, the scripted
+    tests'): executions and seconds until the hunt's finding, iterative bounds 0..P."""
+    from stress.bounded import explore
+    from stress.small import SMALL, run_small
+    [name] = [n for n, w in SMALL.items() if w.hunt == variant]
+    stop = hunt_stop(variant)
+
+    def execute(strategy):
+        seq = run_small(name, variant, strategy)
+        return list(seq.rec.findings), list(seq.sched.decisions)
+    t0 = time.perf_counter()
+    e = explore(execute, preemptions, stop_on=stop, deadline=time.monotonic() + cap)
+    hit = any(stop(f) for f, _ in e.findings)
+    return (time.perf_counter() - t0 if hit else None), e.executions_total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=float, default=60.0, help="seconds per search")
@@ -50,7 +68,7 @@ def main() -> int:
     print(f"guest {args.guest}")
     bases = [100_000 * (i + 1) for i in range(args.bases)]
     head = f"{'hunt':<8}" + "".join(f" | {s + ('/' + m if m == 'free' else ''):>24}"
-                                    for s, m in STRATEGIES)
+                                    for s, m in STRATEGIES) + f" | {'bounded P=2, small':>24}"
     print(head)
     print("-" * len(head))
     for v in HUNTS:
@@ -71,9 +89,12 @@ def main() -> int:
             if missed:
                 cell += f" ({missed} miss)"
             cells.append(cell)
+        t, n = bounded_to_first(v, cap=args.cap)
+        cells.append(f"{t:6.2f} s, {n:5d} sched" if t is not None else f"  >{args.cap:.0f} s")
         print(f"{v:<8}" + "".join(f" | {c:>24}" for c in cells), flush=True)
     print(f"(median over {args.bases} base seeds; cap {args.cap:.0f} s per search; "
-          "'miss' = not found within the cap)")
+          "'miss' = not found within the cap; bounded: deterministic, on the hunt's small "
+          "workload from stress/small.py, schedules run until the hunt's finding)")
     return 0
 
 

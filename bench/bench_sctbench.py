@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.sctbench import FIXED, PROGRAMS, Direct, Program, RealMutex  # noqa: E402
 from bench.sctbench.run import Outcome, execute  # noqa: E402
 from core.sched import ThreadCtx, set_current  # noqa: E402
+from stress.bounded import BoundedStrategy  # noqa: E402
 from stress.strategies import PCTStrategy, RandomStrategy, Strategy  # noqa: E402
 
 
@@ -61,10 +62,35 @@ def seeded(strategy: Callable[[random.Random, int], Strategy]
     return make
 
 
+def sct_footprint(thread: int, label: str, arg: object):
+    """What an SCTBench operation touches: a variable (read or written) or a mutex
+    (taken or given: its owner, which its lock step's readiness reads)."""
+    for prefix, writes in (("read ", False), ("write ", True)):
+        if label.startswith(prefix):
+            return (("var", label[len(prefix):]), writes)
+    if label.startswith(("pthread_mutex_lock(", "pthread_mutex_unlock(")):
+        return (("mutex", arg), True)
+    return None
+
+
+def bounded(preemptions: int, iterative: bool = True
+            ) -> Callable[[Program, int, int], Iterable[Strategy]]:
+    """Every schedule with at most ``preemptions`` preemptions (stress.bounded; with
+    ``iterative``, the bounds 0..P in turn): one strategy object, one execution per
+    item; the iterable ends when the walk is complete."""
+    def make(program: Program, base: int, k: int) -> Iterable[Strategy]:
+        for bound in (range(preemptions + 1) if iterative else (preemptions,)):
+            b = BoundedStrategy(bound, footprint=sct_footprint, exit_conflicts=False)
+            while b.next_execution():
+                yield b
+    return make
+
+
 SEARCHES: dict[str, Search] = {
     "random": Search(seeded(lambda rng, k: RandomStrategy(rng))),
-    "pct-d2": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=2, max_steps=k)), depth=2),
-    "pct-d3": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=3, max_steps=k)), depth=3),
+    "pct-d2": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=2, horizon=k)), depth=2),
+    "pct-d3": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=3, horizon=k)), depth=3),
+    "bounded-p2": Search(bounded(2), deterministic=True),
 }
 
 

@@ -152,7 +152,12 @@ class BoundedStrategy(Strategy):
 
     def __init__(self, preemptions: int, *,
                  footprint: Callable[[int, str, object], tuple[Hashable, bool] | None]
-                 = model_footprint, prune: bool = True) -> None:
+                 = model_footprint, prune: bool = True, exit_conflicts: bool = True
+                 ) -> None:
+        # exit_conflicts: a thread's end conflicts with everything (the model's threads
+        # update shared bookkeeping just before they end: the running-zapper count);
+        # a program whose threads end without touching anything may say False
+        self.exit_conflicts = exit_conflicts
         self.preemptions = preemptions
         self.footprint = footprint
         self.prune = prune
@@ -276,7 +281,10 @@ class BoundedStrategy(Strategy):
             # a thread's code before its first operation reads only what setup made
             touched: list = [(_GLOBAL, False)]
         else:
-            fp = self.footprint(thread, label, arg) if label != "exit" else None
+            if label == "exit":
+                fp = None if self.exit_conflicts else (("exit", thread), True)
+            else:
+                fp = self.footprint(thread, label, arg)
             touched = [(_GLOBAL, True)] if fp is None else [(_GLOBAL, False), fp]
         preds: list = []
         for obj, writes in touched:

@@ -398,9 +398,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.summary import merge_summaries
     junit = output_file(args.junit, "--junit") if args.junit is not None else None
     summaries = [load_summary(Path(d)) for d in args.dirs]
-    merged = merge_summaries(summaries) if len(summaries) > 1 else summaries[0]
     out = Path(args.out) if args.out else Path(args.dirs[0])
-    if len(summaries) > 1:
+    # -o names a directory of its own (a merge, or a copy of one run with its reports):
+    # it is claimed like a run's, never written into another run's; without -o (or -o
+    # naming the one input) a run's own reports are drawn again in place
+    in_place = len(summaries) == 1 and (args.out is None or (
+        out.exists() and out.resolve() == Path(args.dirs[0]).resolve()))
+    merged = merge_summaries(summaries) if not in_place else summaries[0]
+    if not in_place:
         if args.out is None:
             raise UsageError("merging several run directories needs -o DIR")
         out = _run_dir(make_out_dir(args.out))

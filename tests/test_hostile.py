@@ -174,6 +174,16 @@ def test_a_merge_neither_overwrites_a_run_nor_counts_a_shard_twice(hunted, tmp_p
     code, err = quick(["report", other, run, "-o", run], tmp_path)
     assert code == 2 and "already holds a run" in err, err
     assert (run / "summary.json").read_bytes() == before
+    # one directory with -o: onto another run's directory is refused, that run's
+    # reports untouched; into a new directory, a copy with its reports (not exit 3)
+    reports = {n: (other / n).read_bytes() for n in ("report.md", "report.html", "junit.xml")}
+    code, err = quick(["report", run, "-o", other], tmp_path)
+    assert code == 2 and "already holds a run" in err, err
+    assert {n: (other / n).read_bytes() for n in reports} == reports
+    code, err = quick(["report", run, "-o", tmp_path / "copy1"], tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    assert (tmp_path / "copy1" / "report.md").exists()
+    assert (tmp_path / "copy1" / "summary.json").exists()
 
 
 # ---------------------------------------------------------------------- repro files
