@@ -29,6 +29,27 @@ class _Waiter:
         self.ctx = ctx
 
 
+class _Wait:
+    """The readiness of a waiter (tool-named): callable as ``ready``, and able to say who
+    holds the lock, for a deadlock report."""
+    __slots__ = ("lock", "w")
+
+    def __init__(self, lock: "MmuLock", w: "_Waiter") -> None:
+        self.lock, self.w = lock, w
+
+    def __call__(self) -> bool:
+        return self.lock._grantable(self.w)
+
+    def holder(self) -> str:
+        lk = self.lock
+        if lk.writer is not None:
+            return f"mmu_lock held for write by {lk.writer}"
+        if lk.readers:
+            return f"mmu_lock held for read by {', '.join(lk.readers)}"
+        ahead = [x.ctx.name for x in lk.queue if x is not self.w][:3]
+        return "mmu_lock free, queued behind " + (", ".join(ahead) or "nobody")
+
+
 class MmuLock:
     """The rwlock itself plus lockdep assertions on it."""
 
@@ -69,7 +90,7 @@ class MmuLock:
                 self.queue.remove(w)
                 self._grant(write, ctx)
             ctx.pending = label + ".wait"
-            self._sched.op(label + ".wait", None, grant, lambda: self._grantable(w))
+            self._sched.op(label + ".wait", None, grant, _Wait(self, w))
             ctx.pending = ""
         ctx.lock_mode = "write" if write else "read"
 

@@ -194,6 +194,23 @@ class DecisionItems(Instrument):
         self.items.append(item)
 
 
+# frames of the scheduler and of the thread machinery, left out of a thread's stack
+_MACHINERY = ("stress/controlled.py", "core/sched.py", "/threading.py")
+
+
+def waits_for(t: "_Thread") -> str:
+    """What a waiting thread waits for: the operation and its argument, and who holds it
+    when the operation's ``ready`` has a ``holder()`` (a lock's wait does: "held for
+    write by zapper0")."""
+    what = t.label
+    if t.arg is not None:
+        what += f" {t.arg!r}"
+    holder = getattr(t.ready, "holder", None)
+    if callable(holder):
+        what += f" ({holder()})"
+    return what
+
+
 class ControlledScheduler:
     """Runs model threads one at a time under a strategy; see the module docstring.
     ``record_steps`` adds the step log and the decision items to the instruments that
@@ -401,24 +418,28 @@ class ControlledScheduler:
                 self.rec.closed = True
 
     def describe_threads(self) -> list[str]:
+        """Each thread: where it is, what it waits for and who holds that (when the
+        operation's ``ready`` can say: see :func:`waits_for`), the mmu_lock it holds
+        (if any), and the last frames of its own code (the scheduler's and the thread
+        machinery's left out)."""
         frames = sys._current_frames()
         out = []
         for t in self.threads:
             state = "finished" if t.finished else f"at {t.label}"
-            waits = ""
             if not t.finished and t.ready is not None and not t.ready():
-                waits = f" waiting ({t.ctx.pending or t.label})"
+                state = f"waits at {waits_for(t)}"
+            held = f"; mmu_lock={t.ctx.lock_mode}" if t.ctx.lock_mode else ""
             stack = ""
             if t.thread is not None and t.thread.ident in frames and not t.finished:
                 lines = traceback.format_stack(frames[t.thread.ident])
-                model = [ln for ln in lines if "/core/" in ln]
-                stack = "".join(model[-6:])
-            out.append(f"{t.name} [{state}{waits}; mmu_lock={t.ctx.lock_mode}]\n{stack}")
+                own = [ln for ln in lines if not any(m in ln for m in _MACHINERY)]
+                stack = "".join(own[-6:])
+            out.append(f"{t.name} [{state}{held}]\n{stack}")
         return out
 
     def _deadlock(self) -> None:
         blocked = [t for t in self.threads if not t.finished]
-        names = ", ".join(f"{t.name} waits at {t.label}" for t in blocked)
+        names = ", ".join(f"{t.name} waits at {waits_for(t)}" for t in blocked)
         detail = "\n".join(self.describe_threads())
         if self.rec is not None:
             ctx = blocked[0].ctx if blocked else ThreadCtx("scheduler")

@@ -455,3 +455,29 @@ def test_a_thread_blocked_outside_any_operation_is_a_hang_not_a_clean_run():
     assert f.kind == "HANG" and f.where == "outside_operation"
     assert "a (after its step" in f.message and "real.acquire()" in f.message
     assert s.aborting and s.abort_reason
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(30)
+def test_a_deadlock_report_names_the_lock_and_who_holds_it():
+    from core.mmu_lock import MmuLock
+    rec = Recorder()
+    s = ControlledScheduler(RandomStrategy(random.Random(3)), recorder=rec)
+    lock = MmuLock(s, rec)
+
+    def holder():
+        lock.write_lock()
+        s.op("wait_forever", "the event", lambda: None, lambda: False)
+
+    def waiter():
+        s.op("start", None, lambda: None)
+        s.op("start2", None, lambda: None)
+        lock.write_lock()
+    s.run([("holder", holder), ("waiter", waiter)], join_timeout=10)
+    [f] = rec.of("DEADLOCK")
+    first = f.message.splitlines()[0]
+    assert "waiter waits at mmu_lock.write_lock.wait" in first, first
+    assert "(mmu_lock held for write by holder)" in first, first
+    assert "holder waits at wait_forever 'the event'" in first, first
+    assert "mmu_lock=write" in f.message           # the holder's own line says it
+    assert "test_controlled.py" in f.message       # frames of the program, not /core/ only

@@ -44,7 +44,7 @@ def test_witness_shows_the_bug_with_the_stated_preemptions(name):
     o = execute(p, ScriptStrategy(p.witness))
     assert o.kind == p.bug, o.detail
     assert o.preemptions == p.preemptions
-    if p.bug == "deadlock":         # the holders are named (the scheduler does not)
+    if p.bug == "deadlock":         # the scheduler's report names who holds each mutex
         assert "held by" in o.detail
 
 

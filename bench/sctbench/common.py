@@ -56,6 +56,21 @@ def wr(s: Scheduler, var: Var, value: Any) -> None:
     s.op(var.write_label, value, lambda: var.set(value))
 
 
+class _Free:
+    """A mutex's lock step is ready when the mutex is free; ``holder()`` names who has
+    it, for the scheduler's deadlock report."""
+    __slots__ = ("m",)
+
+    def __init__(self, m: "Mutex") -> None:
+        self.m = m
+
+    def __call__(self) -> bool:
+        return self.m.free()
+
+    def holder(self) -> str:
+        return f"{self.m.name} held by {self.m.owner}"
+
+
 class Mutex:
     """A ``pthread_mutex_t`` (non-recursive, default kind) as two operations."""
     __slots__ = ("name", "owner", "lock_label", "unlock_label")
@@ -74,7 +89,7 @@ class Mutex:
 
         def take() -> None:
             self.owner = me
-        s.op(self.lock_label, self.name, take, ready=self.free)
+        s.op(self.lock_label, self.name, take, ready=_Free(self))
 
     def unlock(self, s: Scheduler) -> None:
         def give() -> None:

@@ -55,8 +55,8 @@ def execute(program: Program, strategy: Strategy, *, max_steps: int = 100_000,
     for f in rec.findings:
         if f.kind in ("DEADLOCK", "HANG") and kind is None:
             kind = f.kind.lower()
-            # the scheduler's report names the waiting threads, not who holds what
-            detail = f"{f.message.splitlines()[0]}; {holders(st)}"
+            # the scheduler's report names the waiting threads and who holds what
+            detail = f.message.splitlines()[0]
     if kind is None:
         left = [n for i, n in enumerate(sched.thread_names()) if not sched.view.finished(i)]
         if left:
