@@ -73,14 +73,14 @@ def sct_footprint(thread: int, label: str, arg: object):
     return None
 
 
-def bounded(preemptions: int, iterative: bool = True
+def bounded(preemptions: int, iterative: bool = True, bound: str = "preemptions"
             ) -> Callable[[Program, int, int], Iterable[Strategy]]:
     """Every schedule with at most ``preemptions`` preemptions (stress.bounded; with
     ``iterative``, the bounds 0..P in turn): one strategy object, one execution per
     item; the iterable ends when the walk is complete."""
     def make(program: Program, base: int, k: int) -> Iterable[Strategy]:
-        for bound in (range(preemptions + 1) if iterative else (preemptions,)):
-            b = BoundedStrategy(bound, footprint=sct_footprint, exit_conflicts=False)
+        for p in (range(preemptions + 1) if iterative else (preemptions,)):
+            b = BoundedStrategy(p, footprint=sct_footprint, exit_conflicts=False, bound=bound)
             while b.next_execution():
                 yield b
     return make
@@ -91,6 +91,7 @@ SEARCHES: dict[str, Search] = {
     "pct-d2": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=2, horizon=k)), depth=2),
     "pct-d3": Search(seeded(lambda rng, k: PCTStrategy(rng, depth=3, horizon=k)), depth=3),
     "bounded-p2": Search(bounded(2), deterministic=True),
+    "bounded-d3": Search(bounded(3, bound="delays"), deterministic=True),
 }
 
 

@@ -123,19 +123,19 @@ def model_footprint(thread: int, label: str, arg: object) -> tuple[Hashable, boo
 
 
 class _Node:
-    """One decision of the walk: what could run, the default, what is chosen, what is
-    left to try, and the preemptions spent before it."""
-    __slots__ = ("runnable", "default", "chosen", "todo", "cost")
+    """One decision of the walk: what could run, what each choice costs, what is chosen,
+    what is left to try, and the cost spent before it."""
+    __slots__ = ("runnable", "prices", "chosen", "todo", "cost")
 
-    def __init__(self, runnable: list[int], default: int | None, cost: int) -> None:
+    def __init__(self, runnable: list[int], prices: dict[int, int], cost: int) -> None:
         self.runnable = runnable
-        self.default = default
+        self.prices = prices
         self.cost = cost
         self.chosen = -1
         self.todo: list[int] = []
 
     def price(self, choice: int) -> int:
-        return 0 if self.default is None or choice == self.default else 1
+        return self.prices[choice]
 
 
 class BoundedStrategy(Strategy):
@@ -152,13 +152,17 @@ class BoundedStrategy(Strategy):
 
     def __init__(self, preemptions: int, *,
                  footprint: Callable[[int, str, object], tuple[Hashable, bool] | None]
-                 = model_footprint, prune: bool = True, exit_conflicts: bool = True
-                 ) -> None:
+                 = model_footprint, prune: bool = True, exit_conflicts: bool = True,
+                 bound: str = "preemptions") -> None:
         # exit_conflicts: a thread's end conflicts with everything (the model's threads
         # update shared bookkeeping just before they end: the running-zapper count);
         # a program whose threads end without touching anything may say False
         self.exit_conflicts = exit_conflicts
-        self.preemptions = preemptions
+        if bound not in ("preemptions", "delays"):
+            raise ValueError(f"unknown bound {bound!r}: preemptions or delays")
+        self.bound = bound
+        self.preemptions = preemptions      # the budget, in preemptions or delays
+        self._slack = 1
         self.footprint = footprint
         self.prune = prune
         self.path: list[_Node] = []
@@ -212,6 +216,8 @@ class BoundedStrategy(Strategy):
 
     # ------------------------------------------------------------- the choice
     def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        if self.bound == "delays" and self._slack < len(view.names) - 1:
+            self._slack = len(view.names) - 1
         cur = view.current
         if cur is not None and cur not in self.exited and view.finished(cur):
             self.exited.add(cur)
@@ -241,17 +247,27 @@ class BoundedStrategy(Strategy):
         return choice
 
     def _new_node(self, view: SchedulerView, cur: int | None, runnable: list[int]) -> _Node:
-        default: int | None = None
-        if cur is not None and cur in runnable:
-            if view.current_label in YIELD_HINTS and len(runnable) > 1:
-                later = [i for i in runnable if i > cur]
-                default = later[0] if later else next(i for i in runnable if i != cur)
-            else:
-                default = cur
-        node = _Node(list(runnable), default, self.cost)
-        order = ([default] if default is not None else []) + \
-            [i for i in runnable if i != default]
-        allowed = [i for i in order if self.cost + node.price(i) <= self.preemptions]
+        yielding = cur is not None and view.current_label in YIELD_HINTS and len(runnable) > 1
+        if self.bound == "delays":
+            # Emmi, Qadeer, Rakamarić, "Delay-bounded scheduling" (POPL 2011): a
+            # round-robin scheduler (the running thread goes on unless it waits, ends or
+            # spins); skipping j runnable threads in its order costs j delays
+            start = 0 if cur is None else (cur if cur in runnable and not yielding
+                                           else cur + 1)
+            rr = sorted(runnable, key=lambda i: (i < start, i))
+            prices = {t: j for j, t in enumerate(rr)}
+        else:
+            default: int | None = None
+            if cur is not None and cur in runnable:
+                if yielding:
+                    later = [i for i in runnable if i > cur]
+                    default = later[0] if later else next(i for i in runnable if i != cur)
+                else:
+                    default = cur
+            prices = {t: 0 if default is None or t == default else 1 for t in runnable}
+        node = _Node(list(runnable), prices, self.cost)
+        order = sorted(runnable, key=lambda i: (prices[i], i))
+        allowed = [i for i in order if self.cost + prices[i] <= self.preemptions]
         node.chosen = allowed[0]
         node.todo = allowed[1:]
         return node
@@ -265,7 +281,9 @@ class BoundedStrategy(Strategy):
             self.cache[self.hb] = {who: self.cost, -2: self.cost}
             return False
         same = entry.get(who)
-        if (same is not None and same <= self.cost) or entry[-2] + 1 <= self.cost:
+        # after the first decision the current thread is the same: costs can differ by
+        # that decision's price only (one preemption, or up to threads - 1 delays)
+        if (same is not None and same <= self.cost) or entry[-2] + self._slack <= self.cost:
             return True
         entry[who] = self.cost if same is None else min(same, self.cost)
         entry[-2] = min(entry[-2], self.cost)

@@ -255,6 +255,11 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
              f"{cfg.strategy}, depth {cfg.depth}), base seed {seed} ({source}), {bound}, "
              f"{args.workers} worker(s), shard {args.shard[0]}/{args.shard[1]} -> {out}")
 
+    if cfg.strategy == "bounded" and cfg.ops * (cfg.vcpus + cfg.zappers) > 8:
+        log.info(f"bounded: {cfg.vcpus} vCPUs and {cfg.zappers} zappers of {cfg.ops} "
+                 "operations is a large workload for an exhaustive walk; the summary says "
+                 "whether each walk completed (small: --vcpus 1 --zappers 1 --ops 2)")
+
     def progress(line: str) -> None:
         if tty:
             sys.stdout.write("\r" + line)

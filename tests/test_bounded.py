@@ -69,6 +69,44 @@ def test_walk_runs_exactly_the_schedules_within_the_bound(nthreads, nops):
         assert e.schedules == brute_force(nthreads, nops, bound), (nthreads, nops, bound)
 
 
+def brute_force_delays(nthreads: int, nops: int, bound: int) -> int:
+    """The same, priced by delays: a round-robin scheduler keeps the running thread while
+    it has steps, else moves to the next thread in index order; skipping j runnable
+    threads of that order costs j."""
+    steps = nops + 1
+    count = 0
+    seq = [t for t in range(nthreads) for _ in range(steps)]
+    for order in set(itertools.permutations(seq)):
+        left = [steps] * nthreads
+        cost, cur = 0, None
+        for t in order:
+            runnable = [i for i in range(nthreads) if left[i] > 0]
+            start = 0 if cur is None else (cur if left[cur] > 0 else cur + 1)
+            rr = sorted(runnable, key=lambda i: (i < start, i))
+            cost += rr.index(t)
+            left[t] -= 1
+            cur = t
+        count += cost <= bound
+    return count
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nthreads,nops", [(2, 2), (3, 1)])
+def test_delay_bounded_walk_runs_exactly_the_schedules_within_the_bound(nthreads, nops):
+    from stress.bounded import BoundedStrategy
+    for bound in range(5):
+        execute, _ = program(nthreads, nops)
+        b = BoundedStrategy(bound, prune=False, bound="delays")
+        n = 0
+        while b.next_execution():
+            execute(b)
+            n += 1
+        assert b.complete and n == brute_force_delays(nthreads, nops, bound), \
+            (nthreads, nops, bound, n)
+    assert brute_force_delays(nthreads, nops, 0) == 1
+
+
 @pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_pruning_cuts_commuting_orders_and_loses_no_outcome():
