@@ -41,7 +41,7 @@ from .runner import (
     explore_seed,
     hunt_stop,
     run_seed,
-    with_learned_pct_k,
+    with_learned_pct_ks,
 )
 
 BUG_KINDS = ("KVM_BUG_ON", "TDX_BUG_ON")
@@ -389,12 +389,12 @@ class Campaign:
         calibrated = True
         try:
             # PCT's k: learned here, once, and handed to every worker in the config
-            k_was = spec.config.pct_k
-            spec.config = with_learned_pct_k(spec.config, deadline,
-                                             stop=lambda: self.interrupted)
-            if spec.config.pct_k != k_was:
-                self.log(f"PCT's k learned from calibration runs: {spec.config.pct_k} "
-                         "SEAMCALL windows")
+            ks_were = spec.config.pct_ks
+            spec.config = with_learned_pct_ks(spec.config, deadline,
+                                              stop=lambda: self.interrupted)
+            if spec.config.pct_ks != ks_were:
+                self.log(f"PCT's horizons learned from calibration runs: "
+                         f"{list(spec.config.pct_ks)} SEAMCALL windows")
         except CalibrationCut:
             calibrated = False
             self.calibration_cut = True

@@ -173,9 +173,10 @@ class RunConfig:
     strategy: str = "portfolio"
     depth: int = 3
     preemptions: int = 2        # bounded: every schedule with at most this many
-    # PCT's k (SEAMCALL windows); 0: learned from calibration runs of this configuration
-    # (stress.runner.learned_pct_k); a campaign learns it once and records it here
-    pct_k: int = 0
+    # PCT's horizons (SEAMCALL windows): the lengths of calibration runs of this
+    # configuration, each run drawing its k among them (stress.runner.learned_pct_ks);
+    # empty: learn them.  A campaign learns them once and records them here.
+    pct_ks: tuple[int, ...] = ()
     vcpus: int = 2
     zappers: int = 2
     ops: int = 10               # zapper operations per zapper; guest program length scales
@@ -191,6 +192,8 @@ class RunConfig:
     conversions: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pct_ks, tuple):          # a list, read back from JSON
+            object.__setattr__(self, "pct_ks", tuple(self.pct_ks))
         if not self.conversions:
             object.__setattr__(self, "conversions", default_conversions(self.guest))
 
@@ -212,7 +215,9 @@ class RunConfig:
         checks = [
             (1 <= self.depth <= 20, "--depth must be between 1 and 20"),
             (0 <= self.preemptions <= 10, "--preemptions must be between 0 and 10"),
-            (0 <= self.pct_k <= 10_000_000, "PCT's k must be between 0 (learn it) and 1e7"),
+            (len(self.pct_ks) <= 64 and all(isinstance(k, int) and 1 <= k <= 10_000_000
+                                             for k in self.pct_ks),
+             "PCT's horizons must be at most 64 whole numbers between 1 and 1e7"),
             (self.strategy != "bounded" or self.mode == "controlled",
              "--strategy bounded needs --mode controlled"),
             (1 <= self.vcpus <= 16, "--vcpus must be between 1 and 16"),

@@ -85,7 +85,7 @@ def hunt_stop(variant: str) -> StopOn:
     return v.hunt_hit
 
 
-# PCT's k of a configuration is learned from up to this many PCT runs on seeds of their
+# PCT's horizons of a configuration are learned from up to this many PCT runs on seeds of their
 # own (CALIBRATION_SEED + 2i), so it depends on the configuration alone: a seed run
 # again, alone or in any campaign, gets the same k and the same schedule
 CALIBRATION_RUNS = 12
@@ -98,21 +98,28 @@ class CalibrationCut(Exception):
     """The campaign's time ran out while PCT's k was being learned."""
 
 
-def learned_pct_k(cfg: RunConfig, deadline: float | None = None,
-                  stop: Callable[[], bool] | None = None) -> int:
-    """PCT's k for ``cfg``, the one place it is computed: ``cfg.pct_k`` if set, else
-    learned once per process and configuration from the SEAMCALL windows of calibration
-    runs (:func:`~stress.strategies.learn_horizon`), as Shuttle's PCT learns its step
-    bound from the executions it made.  The budget is in steps, never in seconds (so k
-    never depends on the machine); past ``deadline`` it raises :class:`CalibrationCut`
-    (the campaign has no time left to use k), and when ``stop()`` says so (a signal)."""
-    if cfg.pct_k:
-        return cfg.pct_k
-    key = tuple(sorted(cfg.with_(pct_k=0, strategy="pct").to_dict().items()))
-    k = _LEARNED.get(key)
-    if k is None:
-        k = _LEARNED[key] = _cached_k(key) or 0
-    if not k:
+def learned_pct_ks(cfg: RunConfig, deadline: float | None = None,
+                   stop: Callable[[], bool] | None = None) -> tuple[int, ...]:
+    """PCT's horizons for ``cfg``, the one place they are computed: ``cfg.pct_ks`` if
+    set, else learned once per process and configuration: the SEAMCALL windows of
+    calibration runs, as Shuttle's PCT learns its step bound from the executions it made,
+    kept whole (sorted) rather than reduced to their maximum.  Each run draws its k among
+    them (:func:`pct_k_of`): the model's runs are bimodal (hugepage-rfc with a Linux
+    guest: two thirds near 40 windows, a third near 2,100 where a 2M range is accepted
+    page by page), and one k for all (the longest) would put a short run's change points
+    past its end 98 times in 100.  The bound stays true: a run with horizon k finds a bug
+    of depth d in its first k windows with probability at least 1/(n*k^(d-1)), so a run
+    finds one in its first m windows with at least the mean of that over the horizons
+    >= m (reports/confidence.py).  The budget is in steps, never in seconds (k never
+    depends on the machine); past ``deadline``, or when ``stop()`` says so (a signal), it
+    raises :class:`CalibrationCut`."""
+    if cfg.pct_ks:
+        return cfg.pct_ks
+    key = tuple(sorted(cfg.with_(pct_ks=(), strategy="pct").to_dict().items()))
+    ks = _LEARNED.get(key)
+    if ks is None:
+        ks = _LEARNED[key] = _cached_k(key) or ()
+    if not ks:
         guess = pct_horizon(cfg.ops * (cfg.vcpus + cfg.zappers))
         lengths: list[int] = []
         steps = 0
@@ -124,22 +131,29 @@ def learned_pct_k(cfg: RunConfig, deadline: float | None = None,
             seed = CALIBRATION_SEED + 2 * i
             strategy = PCTStrategy(Streams(seed).get("schedule"), cfg.depth, horizon=guess,
                                    sync=is_sync)
-            r = run_seed(cfg.with_(strategy="pct", pct_k=guess), seed, strategy=strategy,
+            r = run_seed(cfg.with_(strategy="pct", pct_ks=(guess,)), seed, strategy=strategy,
                          record_steps=False, deadline=deadline,
                          step_limit=min(cfg.max_steps, CALIBRATION_STEPS // 4))
             if r.cut_short:
                 raise CalibrationCut("the time ran out while PCT's k was being learned")
-            lengths.append(r.sync_steps)
+            lengths.append(max(2, r.sync_steps))
             steps += r.steps
-        k = _LEARNED[key] = learn_horizon(lengths)
-        _cache_k(key, k)
-    return k
+        ks = _LEARNED[key] = tuple(sorted(lengths))
+        _cache_k(key, list(ks))
+    return ks
+
+
+def pct_k_of(cfg: RunConfig, seed: int) -> int:
+    """The horizon seed ``seed`` runs PCT with: one of the configuration's learned
+    horizons, drawn from the seed's own stream."""
+    ks = learned_pct_ks(cfg)
+    return ks[Streams(seed).get("pct_k").randrange(len(ks))]
 
 
 def _k_cache_file():
     from pathlib import Path
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "tdx-stress" / "pct_k.json"
+    return Path(root) / "tdx-stress" / "pct_ks.json"
 
 
 def _k_cache_key(key: tuple) -> str:
@@ -149,14 +163,15 @@ def _k_cache_key(key: tuple) -> str:
     return f"{model_hash()}:{json.dumps(key)}"
 
 
-def _cached_k(key: tuple) -> int | None:
+def _cached_k(key: tuple) -> tuple[int, ...] | None:
     try:
-        return int(json.loads(_k_cache_file().read_text())[_k_cache_key(key)])
+        ks = json.loads(_k_cache_file().read_text())[_k_cache_key(key)]
+        return tuple(int(k) for k in ks) if ks else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _cache_k(key: tuple, k: int) -> None:
+def _cache_k(key: tuple, k: list[int]) -> None:
     """Keep a learned k for later processes (best effort: a cache, never required)."""
     f = _k_cache_file()
     try:
@@ -175,12 +190,12 @@ def _cache_k(key: tuple, k: int) -> None:
         pass
 
 
-def with_learned_pct_k(cfg: RunConfig, deadline: float | None = None,
-                       stop: Callable[[], bool] | None = None) -> RunConfig:
-    """``cfg`` with PCT's k fixed (learned if it was 0), for a campaign's workers."""
-    if cfg.mode != "controlled" or cfg.strategy not in ("pct", "portfolio") or cfg.pct_k:
+def with_learned_pct_ks(cfg: RunConfig, deadline: float | None = None,
+                        stop: Callable[[], bool] | None = None) -> RunConfig:
+    """``cfg`` with PCT's horizons fixed (learned if empty), for a campaign's workers."""
+    if cfg.mode != "controlled" or cfg.strategy not in ("pct", "portfolio") or cfg.pct_ks:
         return cfg
-    return cfg.with_(pct_k=learned_pct_k(cfg, deadline, stop))
+    return cfg.with_(pct_ks=learned_pct_ks(cfg, deadline, stop))
 
 
 def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
@@ -214,7 +229,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
             strategy = RandomStrategy(streams.get("schedule"))
         else:
             strategy = PCTStrategy(streams.get("schedule"), cfg.depth,
-                                   horizon=learned_pct_k(cfg), sync=is_sync)
+                                   horizon=pct_k_of(cfg, seed), sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
                                     recorder=rec, record_steps=record_steps,
                                     deadline=deadline)
@@ -307,4 +322,4 @@ def explore_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     return (first[0] if first else None), kept, e
 
 
-__all__ = ["RunResult", "run_seed", "learned_pct_k", "with_learned_pct_k", "CalibrationCut", "explore_seed", "hunt_stop", "ScheduleDiverged"]
+__all__ = ["RunResult", "run_seed", "learned_pct_ks", "with_learned_pct_ks", "pct_k_of", "CalibrationCut", "explore_seed", "hunt_stop", "ScheduleDiverged"]

@@ -31,7 +31,7 @@ from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
 from .campaign import start_resource_tracker
 from .config import RunConfig
-from .runner import hunt_stop, run_seed, with_learned_pct_k
+from .runner import hunt_stop, run_seed, with_learned_pct_ks
 
 FORCED_ROWS = (5, 6, 10)
 
@@ -47,7 +47,7 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
     found_at = None
     runs = 0
     # PCT's k is learned before the clock starts: calibration is not the variant's time
-    cfg = with_learned_pct_k(RunConfig(variant=variant, strategy="portfolio"))
+    cfg = with_learned_pct_ks(RunConfig(variant=variant, strategy="portfolio"))
     t0 = time.monotonic()
     seed = base_seed
     while time.monotonic() - t0 < budget:
