@@ -316,8 +316,11 @@ class Kvm:
         first = self.gmem.get(base)
         if first is None or first % 512:
             return False
-        return all(self.gmem.get(base + i) == first + i and (base + i) not in self.shared_gfns
-                   for i in range(512))
+        # every GFN of the range backed by the folio's page at its offset (first + i) ...
+        if list(map(self.gmem.get, range(base, base + 512))) != list(range(first, first + 512)):
+            return False
+        # ... and none of them shared (the set is small: look its members up in the range)
+        return not any(base <= g < base + 512 for g in self.shared_gfns)
 
     # ------------------------------------------------------------------ invalidation
     def kvm_mmu_invalidate_begin(self) -> None:
