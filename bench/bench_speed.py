@@ -153,7 +153,7 @@ def compare(base: Path, base_name: str, new: Path, seeds: list[int], rounds: int
           f"{seeds[-1]} per measurement, one subprocess each, ABBA order")
     print(f"  base: {base_name} ({base})")
     print(f"  new : {new}")
-    ratios, base_rps, new_rps = [], [], []
+    ratios, base_rps, new_rps, cpu_ratios = [], [], [], []
     for r in range(rounds):
         order = [("base", base), ("new", new)]
         if r % 2:
@@ -164,14 +164,18 @@ def compare(base: Path, base_name: str, new: Path, seeds: list[int], rounds: int
         if res["base"]["steps"] != res["new"]["steps"]:
             print(f"  note: the trees took different step counts ({res['base']['steps']} "
                   f"vs {res['new']['steps']}): they do not run the same model")
+        cb, cn = (res[k]["runs"] / res[k]["cpu"] for k in ("base", "new"))
+        cpu_ratios.append(cn / cb)
         base_rps.append(b)
         new_rps.append(n)
         ratios.append(n / b)
         print(f"round {r + 1}: base {b:6.2f} runs/s  new {n:6.2f} runs/s  "
-              f"ratio {n / b:5.2f}x   (steps/s: base {sb:,.0f}, new {sn:,.0f})", flush=True)
+              f"ratio {n / b:5.2f}x   (per CPU second: {cn / cb:5.2f}x; steps/s: base "
+              f"{sb:,.0f}, new {sn:,.0f})", flush=True)
     med = statistics.median
     print(f"median: base {med(base_rps):.2f} runs/s, new {med(new_rps):.2f} runs/s; "
-          f"median ratio new/base {med(ratios):.2f}x (target >= 2x) over {rounds} rounds")
+          f"median ratio new/base {med(ratios):.2f}x (target >= 2x) over {rounds} rounds; "
+          f"per CPU second {med(cpu_ratios):.2f}x")
     return 0
 
 
