@@ -204,15 +204,17 @@ class TdxModule:
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
 
     # ------------------------------------------------------------------ S-EPT access
+    # (level, gfn_round_for_level(gfn, level)) is the key of an entry; the rounding is
+    # written out in the two helpers every S-EPT access goes through
     def entry(self, gfn: int, level: int) -> SeptEntry:
-        key = (level, gfn_round_for_level(gfn, level))
+        key = (level, gfn & -(1 << (9 * (level - 1))))
         e = self.entries.get(key)
         if e is None:
             e = self.entries[key] = SeptEntry()
         return e
 
     def peek(self, gfn: int, level: int) -> SeptEntry | None:
-        return self.entries.get((level, gfn_round_for_level(gfn, level)))
+        return self.entries.get((level, gfn & -(1 << (9 * (level - 1)))))
 
     def _walk(self, gfn: int, level: int) -> tuple[SeptEntry | None, int]:
         """Walk from the root to the entry of ``level`` that maps ``gfn``.
@@ -223,8 +225,9 @@ class TdxModule:
         has none.  (KVM removes the children of a table before it blocks the table, so
         no as-designed path needs to walk through a blocked one.)
         """
+        entries = self.entries
         for lvl in range(ROOT_LEVEL, level, -1):
-            e = self.peek(gfn, lvl)
+            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
             state = e.state if e else FREE
             if state == NL_MAPPED:
                 continue
@@ -235,8 +238,9 @@ class TdxModule:
 
     def leaf_of(self, gfn: int) -> tuple[int, SeptEntry] | None:
         """The leaf mapping ``gfn`` at any level, if the walk reaches one."""
+        entries = self.entries
         for lvl in range(ROOT_LEVEL, 0, -1):
-            e = self.peek(gfn, lvl)
+            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
             if e is None or e.state == FREE:
                 return None
             if e.state in LEAF_STATES:
@@ -298,13 +302,15 @@ class TdxModule:
             SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
 
     def _release(self, call: _Call) -> None:
-        for e in call.entries:
-            if e.lock is call:
-                e.lock = None
-        call.entries.clear()
-        for lock, excl in call.held:
-            lock.release(excl)
-        call.held.clear()
+        if call.entries:
+            for e in call.entries:
+                if e.lock is call:
+                    e.lock = None
+            call.entries.clear()
+        if call.held:
+            for lock, excl in call.held:
+                lock.release(excl)
+            call.held.clear()
         if call.tdvpr is not None:
             call.tdvpr.tdvpr_lock = None
             call.tdvpr = None
@@ -321,7 +327,8 @@ class TdxModule:
         call = _Call(name, guest, vcpu)
 
         def step1() -> int:
-            self.calls[name] = self.calls.get(name, 0) + 1
+            calls = self.calls
+            calls[name] = calls.get(name, 0) + 1
             by = self.calls_by_phase[self.phase]
             by[name] = by.get(name, 0) + 1
             if injectable and self._inject():
