@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .spte import (
     ROOT_LEVEL,
+    SHADOW_NONPRESENT_VALUE,
     is_frozen_spte,
     is_last_spte,
     is_shadow_present_pte,
@@ -29,12 +30,14 @@ if TYPE_CHECKING:
 
 
 def _walk(kvm: "Kvm", root: "KvmMmuPage"):
-    """Every (table, index, gfn, level, value) reachable from ``root``."""
+    """Every (table, index, gfn, level, value) reachable from ``root``, but for the
+    entries that hold ``SHADOW_NONPRESENT_VALUE`` (never written, or zapped): no
+    invariant looks at those, and they are most of every table."""
     stack = [root]
     while stack:
         sp = stack.pop()
         n = level_pages(sp.level)
-        for i, v in enumerate(sp.spt):
+        for i, v in [(i, v) for i, v in enumerate(sp.spt) if v != SHADOW_NONPRESENT_VALUE]:
             yield sp, i, sp.gfn + i * n, sp.level, v
             if is_shadow_present_pte(v) and not is_last_spte(v, sp.level):
                 child = kvm.mmu.pages.get(spte_to_pfn(v))
