@@ -75,6 +75,33 @@ class GuestExit:
     shared: bool = False      # "mapgpa": to shared (else to private)
 
 
+def _counted(base: type, name: str, methods: tuple[str, ...]) -> type:
+    """``base`` with a count of the changes made to an instance (``changes``), bumped by
+    each of its mutating ``methods``; reads are ``base``'s own, as fast."""
+    def counting(method: str):
+        f = getattr(base, method)
+
+        def m(self, *args, **kwargs):
+            self.changes += 1
+            return f(self, *args, **kwargs)
+        m.__name__ = m.__qualname__ = method
+        return m
+    body: dict = {"changes": 0, "__doc__": f"A {base.__name__} that counts its changes "
+                  "(model helper: lets a check over many entries be remembered until the "
+                  "next change)."}
+    body.update((method, counting(method)) for method in methods)
+    return type(name, (base,), body)
+
+
+CountedDict = _counted(dict, "CountedDict", (
+    "__setitem__", "__delitem__", "__ior__", "pop", "popitem", "setdefault", "update",
+    "clear"))
+CountedSet = _counted(set, "CountedSet", (
+    "add", "discard", "remove", "pop", "clear", "update", "difference_update",
+    "intersection_update", "symmetric_difference_update", "__ior__", "__iand__",
+    "__isub__", "__ixor__"))
+
+
 class Guest(Protocol):
     """A guest program: runs while its vCPU is in the guest, until it must exit."""
 
@@ -140,11 +167,14 @@ class Kvm:
         self.vcpus = [KvmVcpu(i) for i in range(nr_vcpus)]
         self.regions = regions if regions is not None else (
             MemRegion(0x0, 16), MemRegion(0x200, 512, huge=True))
-        self.gmem: dict[int, int] = {}          # private gfn -> pfn (guest_memfd)
+        self.gmem: dict[int, int] = CountedDict()   # private gfn -> pfn (guest_memfd)
         # slot->gmem.file: the memslots' guest_memfd, until kvm_gmem_release() clears it
         self.gmem_file_open = True
         self.shared_mem: dict[int, int] = {}    # shared gfn -> pfn
-        self.shared_gfns: set[int] = set()      # memory attributes: these are shared
+        self.shared_gfns: set[int] = CountedSet()   # memory attributes: these are shared
+        # _folio_intact()'s answers: 2M base -> (gmem, its changes, shared_gfns, its
+        # changes, answer), good while neither container changed
+        self._intact_memo: dict[int, tuple] = {}
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range: tuple[int, int] | None = None   # merged [start, end)
@@ -313,6 +343,19 @@ class Kvm:
         GFN of the range is shared (model helper: kvm_gmem_mapping_order() and the
         mixed-attribute flag of lpage_info)."""
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        gmem, shared = self.gmem, self.shared_gfns
+        memo = self._intact_memo.get(base)
+        if memo is not None and memo[0] is gmem and memo[1] == gmem.changes \
+                and memo[2] is shared and memo[3] == shared.changes:
+            return memo[4]
+        answer = self._folio_intact_now(base)
+        if isinstance(gmem, CountedDict) and isinstance(shared, CountedSet):
+            self._intact_memo[base] = (gmem, gmem.changes, shared, shared.changes, answer)
+        return answer
+
+    def _folio_intact_now(self, base: int) -> bool:
+        """_folio_intact() of the 2M range at ``base``, read from guest_memfd and the
+        memory attributes as they are."""
         first = self.gmem.get(base)
         if first is None or first % 512:
             return False
