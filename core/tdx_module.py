@@ -57,6 +57,7 @@ BLOCKED = "BLOCKED"
 PENDING_BLOCKED = "PENDING_BLOCKED"
 LEAF_STATES = (PENDING, MAPPED, BLOCKED, PENDING_BLOCKED)
 BLOCKED_STATES = (BLOCKED, PENDING_BLOCKED, NL_BLOCKED)
+_BLOCKED_OF = {NL_MAPPED: NL_BLOCKED, MAPPED: BLOCKED, PENDING: PENDING_BLOCKED}  # BLOCK's
 
 # TD lifecycle
 TD_BUILD = "BUILD"           # initialised, not finalised: PAGE.ADD allowed
@@ -81,6 +82,9 @@ SRC_SEPT_TREE = "sept_tree"
 SRC_SEPT_ENTRY = "sept_entry"
 SRC_TDR = "tdr"
 SRC_TDVPR = "tdvpr"
+
+
+_LOCK_LABEL: dict[str, str] = {}     # SEAMCALL name -> the label of its first step
 
 
 class SeptEntry:
@@ -331,7 +335,8 @@ class TdxModule:
             calls[name] = calls.get(name, 0) + 1
             by = self.calls_by_phase[self.phase]
             by[name] = by.get(name, 0) + 1
-            if injectable and self._inject():
+            # (_inject() is False at once without a busy rate: not called then)
+            if injectable and not self.busy_rate <= 0.0 and self._inject():
                 self._count_busy(SRC_INJECTED)
                 return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
             err = lock(call)
@@ -339,7 +344,10 @@ class TdxModule:
                 self._release(call)
             return err
 
-        err = self._sched.op(name + ":lock", arg, step1)
+        label = _LOCK_LABEL.get(name)
+        if label is None:
+            label = _LOCK_LABEL[name] = name + ":lock"
+        err = self._sched.op(label, arg, step1)
         if err:
             return err
 
@@ -360,7 +368,10 @@ class TdxModule:
             return False
         if self.td_epoch >= bepoch + 2:
             return True     # two TRACKs since the block: the blocking epoch drained
-        return all(v.running_epoch is None or v.running_epoch > bepoch for v in self.vcpus)
+        for v in self.vcpus:
+            if v.running_epoch is not None and v.running_epoch <= bepoch:
+                return False
+        return True
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
@@ -441,7 +452,7 @@ class TdxModule:
             e = self.entry(gfn, level)
             if e.state in BLOCKED_STATES:
                 return TDX_GPA_RANGE_ALREADY_BLOCKED
-            new = {NL_MAPPED: NL_BLOCKED, MAPPED: BLOCKED, PENDING: PENDING_BLOCKED}.get(e.state)
+            new = _BLOCKED_OF.get(e.state)
             if new is None:
                 return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
             e.state, e.bepoch = new, self.td_epoch
@@ -452,10 +463,10 @@ class TdxModule:
     def tdh_mem_track(self) -> int:
         """TDH.MEM.TRACK: advance the TD epoch once the epoch before has drained."""
         def effect(call: _Call) -> int:
-            if any(v.running_epoch is not None and v.running_epoch < self.td_epoch
-                   for v in self.vcpus):
-                self._count_busy("previous_epoch")
-                return TDX_PREVIOUS_TLB_EPOCH_BUSY
+            for v in self.vcpus:
+                if v.running_epoch is not None and v.running_epoch < self.td_epoch:
+                    self._count_busy("previous_epoch")
+                    return TDX_PREVIOUS_TLB_EPOCH_BUSY
             self.td_epoch += 1
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.TRACK", None,
