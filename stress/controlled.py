@@ -218,6 +218,8 @@ class ControlledScheduler:
         self.divergence: ScheduleDiverged | None = None
         self.view = SchedulerView(self)
         self._live: list[_Thread] = []      # the threads not finished, in index order
+        self._live_indexes: list[int] = []  # ... and their indexes
+        self._waiting = 0                   # threads parked at an operation with ready()
         self._trace = 0                     # TraceHash's value, kept by op()
         self._preemptions = 0               # Preemptions' count, kept by _dispatch()
         self._log = StepLog() if record_steps else None
@@ -262,6 +264,8 @@ class ControlledScheduler:
         """Run the threads to the end (or to an abort) and join them all."""
         self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
         self._live = list(self.threads)
+        self._live_indexes = [t.index for t in self.threads]
+        self._waiting = 0
         for t in self.threads:
             t.thread = threading.Thread(target=self._body, args=(t,), name=t.name,
                                         daemon=True)
@@ -295,6 +299,7 @@ class ControlledScheduler:
         t.finished = True
         t.label = "exit"
         self._live.remove(t)
+        self._live_indexes.remove(t.index)
         self._dispatch(t)
 
     def _runnable(self) -> list[_Thread]:
@@ -307,23 +312,19 @@ class ControlledScheduler:
         if self.aborting:
             nxt = live[0] if live else None
         else:
-            indexes = [t.index for t in live if t.ready is None or t.ready()]
+            # every live thread is runnable unless one waits at an operation with ready()
+            indexes = [t.index for t in live if t.ready is None or t.ready()] \
+                if self._waiting else self._live_indexes[:]
             if not indexes:
                 if not live:
                     nxt = None
                 else:
-                    self._deadlock()
-                    nxt = live[0] if live else None
+                    return self._no_runnable(me)
             else:
                 try:
                     idx = self.strategy.choose(self.view, indexes)
-                except ScheduleDiverged as d:
-                    self.divergence = d
-                    self._abort(str(d))
-                    idx = indexes[0]
-                except EndOfSchedule as e:
-                    self._abort(str(e))
-                    idx = indexes[0]
+                except (ScheduleDiverged, EndOfSchedule) as e:
+                    idx = self._strategy_stopped(e, indexes)
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
                 # Preemptions.decided(), inline
@@ -331,14 +332,7 @@ class ControlledScheduler:
                         and me.index in indexes:
                     self._preemptions += 1
                 if self._on_decide:
-                    item = nxt.ctx.item if nxt.started else -1
-                    if me is None:
-                        for ins in self._on_decide:
-                            ins.decided(None, False, idx, indexes, item)
-                    else:
-                        yielding = me.label in YIELD_HINTS
-                        for ins in self._on_decide:
-                            ins.decided(me.index, yielding, idx, indexes, item)
+                    self._tell_decided(me, idx, indexes)
         if nxt is None:
             self.current = None
             self._all_done.set()
@@ -347,6 +341,40 @@ class ControlledScheduler:
         if nxt is not me:
             nxt.baton.release()
         return nxt
+
+    def _no_runnable(self, me: _Thread | None) -> _Thread | None:
+        """No live thread can take its step: a DEADLOCK; the first live thread gets the
+        baton (from ``me``) to unwind.  Returns it."""
+        self._deadlock()
+        nxt = self._live[0] if self._live else None
+        if nxt is None:
+            self.current = None
+            self._all_done.set()
+            return None
+        self.current = nxt
+        if nxt is not me:
+            nxt.baton.release()
+        return nxt
+
+    def _strategy_stopped(self, e: Exception, indexes: list[int]) -> int:
+        """The strategy raised instead of choosing: end the run (a divergence is kept);
+        the lowest runnable thread goes on to unwind."""
+        if isinstance(e, ScheduleDiverged):
+            self.divergence = e
+        self._abort(str(e))
+        return indexes[0]
+
+    def _tell_decided(self, me: _Thread | None, idx: int, indexes: list[int]) -> None:
+        """Tell the instruments that watch decisions (not the built-in ones)."""
+        nxt = self.threads[idx]
+        item = nxt.ctx.item if nxt.started else -1
+        if me is None:
+            for ins in self._on_decide:
+                ins.decided(None, False, idx, indexes, item)
+        else:
+            yielding = me.label in YIELD_HINTS
+            for ins in self._on_decide:
+                ins.decided(me.index, yielding, idx, indexes, item)
 
     # ------------------------------------------------------------------ yield point
     def op(self, label: str, arg: object, fn: Callable[[], T],
@@ -359,20 +387,49 @@ class ControlledScheduler:
             return fn()
         me.label = label
         me.arg = arg
-        me.ready = ready
+        if ready is not None:           # (me.ready is None between operations)
+            me.ready = ready
+            self._waiting += 1
         ctx = me.ctx
         ctx.pending = label
-        # Park unless we picked ourselves.  Decide from what *this* dispatch chose, never
+        # Park unless we picked ourselves.  Decide from what *this* decision chose, never
         # from self.current: the thread we woke may already have handed the baton back.
-        if self._dispatch(me) is not me:
-            me.baton.acquire()
+        if self.aborting:
+            if self._dispatch(me) is not me:
+                me.baton.acquire()
+        else:
+            # _dispatch(me), inline: this thread is live, so the run cannot be over
+            indexes = [t.index for t in self._live if t.ready is None or t.ready()] \
+                if self._waiting else self._live_indexes[:]
+            if not indexes:
+                if self._no_runnable(me) is not me:
+                    me.baton.acquire()
+            else:
+                try:
+                    idx = self.strategy.choose(self.view, indexes)
+                except (ScheduleDiverged, EndOfSchedule) as e:
+                    idx = self._strategy_stopped(e, indexes)
+                self.schedule.append(idx)
+                if idx != me.index:
+                    # Preemptions.decided(), inline
+                    if label not in YIELD_HINTS and me.index in indexes:
+                        self._preemptions += 1
+                    if self._on_decide:
+                        self._tell_decided(me, idx, indexes)
+                    nxt = self.current = self.threads[idx]
+                    nxt.baton.release()
+                    me.baton.acquire()
+                elif self._on_decide:
+                    self._tell_decided(me, idx, indexes)
         if self.aborting:
             raise Abort()
-        me.ready = None
+        if ready is not None:
+            me.ready = None
+            self._waiting -= 1
         ctx.pending = ""
         ctx.op = label
-        self.step += 1
-        ctx.last_step = self.step
+        step = self.step + 1
+        self.step = ctx.last_step = step
         result = fn()
         # TraceHash.step_taken(), inline: mix(value, thread, label)
         code = _LABEL_CODES.get(label)
@@ -382,6 +439,14 @@ class ControlledScheduler:
         if self._on_step:
             for ins in self._on_step:
                 ins.step_taken(self.step, me.index, label, arg, result)
+        step = self.step
+        if not step & 1023 or step >= self.max_steps:
+            self._budget()
+        return result
+
+    def _budget(self) -> None:
+        """At every 1024th step and past ``max_steps``: the campaign's time (cut short)
+        and the step limit (a HANG) end the run here."""
         if self.deadline is not None and not self.step & 1023 and not self.aborting \
                 and time.monotonic() > self.deadline:
             self._abort(CUT_SHORT)
@@ -389,7 +454,6 @@ class ControlledScheduler:
         if self.step >= self.max_steps and not self.aborting:
             self._hang()
             raise Abort()
-        return result
 
     # ------------------------------------------------------------------ ends
     def abort(self, reason: str) -> None:
