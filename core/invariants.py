@@ -37,7 +37,10 @@ def _walk(kvm: "Kvm", root: "KvmMmuPage"):
     while stack:
         sp = stack.pop()
         n = level_pages(sp.level)
-        for i, v in [(i, v) for i, v in enumerate(sp.spt) if v != SHADOW_NONPRESENT_VALUE]:
+        spt = sp.spt
+        if spt.count(SHADOW_NONPRESENT_VALUE) == len(spt):
+            continue
+        for i, v in [(i, v) for i, v in enumerate(spt) if v != SHADOW_NONPRESENT_VALUE]:
             yield sp, i, sp.gfn + i * n, sp.level, v
             if is_shadow_present_pte(v) and not is_last_spte(v, sp.level):
                 child = kvm.mmu.pages.get(spte_to_pfn(v))
@@ -93,25 +96,35 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     # 10: no private leaf covers a GFN whose memory attributes say shared (a 2M private
     # leaf installed over a GFN that was just converted would let the guest reach
     # private memory at a shared GPA's page).
+    shared_gfns = kvm.shared_gfns
     for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root):
         if is_shadow_present_pte(v) and is_last_spte(v, level):
-            shared = [g for g in range(gfn, gfn + level_pages(level)) if g in kvm.shared_gfns]
+            # the shared GFNs the leaf covers, in order: whichever is the shorter to scan,
+            # the leaf's GFNs or the shared set
+            n = level_pages(level)
+            shared = [g for g in range(gfn, gfn + n) if g in shared_gfns] \
+                if n <= len(shared_gfns) else sorted(g for g in shared_gfns if gfn <= g < gfn + n)
             if shared:
                 out.append((10, f"private leaf gfn={gfn:#x} L{level} covers shared GFN "
                                 f"{shared[0]:#x}" + (f" and {len(shared) - 1} more"
                                                      if len(shared) > 1 else "")))
 
     # 8: a guest page is mapped in at most one S-EPT leaf.
-    owner: dict[int, tuple[int, int]] = {}
+    owner: dict[int, int] = {}      # pfn -> the GFN whose leaf maps it
     for (level, gfn), e in m.entries.items():
         if e.state in LEAF_STATES and e.pfn is not None:
-            for k in range(level_pages(level)):
+            n = level_pages(level)
+            pfns = range(e.pfn, e.pfn + n)
+            if owner.keys().isdisjoint(pfns):      # no page mapped twice: all at once
+                owner.update(zip(pfns, range(gfn, gfn + n), strict=True))
+                continue
+            for k in range(n):
                 pfn = e.pfn + k
                 if pfn in owner:
-                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn][1]:#x} and "
+                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn]:#x} and "
                                    f"gfn={gfn + k:#x}"))
                     break
-                owner[pfn] = (level, gfn + k)
+                owner[pfn] = gfn + k
 
     # 3, 4, 5: the module's audit of what it was asked to do (new entries only).
     out.extend(m.audit[m.audit_checked:])

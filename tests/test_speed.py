@@ -128,3 +128,39 @@ def test_folio_intact_memo_follows_changes() -> None:
     check()
     assert kvm.kvm_mmu_max_mapping_level(base) == kvm.kvm_mmu_max_mapping_level(base + 1)
     assert PG_LEVEL_2M > kvm.kvm_mmu_max_mapping_level(base)
+
+
+def _reference_8(m) -> list[tuple[int, str]]:
+    """Invariant 8 as it was checked page by page (before the bulk check)."""
+    from core.spte import level_pages
+    from core.tdx_module import LEAF_STATES
+    out, owner = [], {}
+    for (level, gfn), e in m.entries.items():
+        if e.state in LEAF_STATES and e.pfn is not None:
+            for k in range(level_pages(level)):
+                pfn = e.pfn + k
+                if pfn in owner:
+                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn][1]:#x} and "
+                                   f"gfn={gfn + k:#x}"))
+                    break
+                owner[pfn] = (level, gfn + k)
+    return out
+
+
+def test_invariant_8_bulk_check_is_the_page_by_page_one() -> None:
+    from core.invariants import check_invariants
+    from core.tdx_module import MAPPED, PENDING, SeptEntry
+    set_current(ThreadCtx("t"))
+    kvm = Kvm("hugepage-rfc", nr_vcpus=1)
+    m = kvm.module
+    rng = random.Random(5)
+    for trial in range(40):
+        m.entries.clear()
+        for _ in range(rng.randrange(1, 6)):
+            level = rng.choice((1, 1, 2))
+            gfn = rng.randrange(0, 4) * (512 if level == 2 else 1) + (0x200 if level == 2 else 0)
+            e = SeptEntry()
+            e.state, e.pfn = rng.choice((MAPPED, PENDING)), rng.randrange(0, 1100)
+            m.entries[(level, gfn + rng.randrange(0, 3) * (level == 1))] = e
+        got = [f for f in check_invariants(kvm) if f[0] == 8]
+        assert got == _reference_8(m), trial
