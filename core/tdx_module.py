@@ -125,7 +125,8 @@ class TryRwLock:
         return True
 
     def release(self, excl: bool) -> None:
-        """release_sharex_lock_sh() / release_sharex_lock_ex()."""
+        """release_sharex_lock_sh() / release_sharex_lock_ex().  (TdxModule._release,
+        which releases a SEAMCALL's locks at its end, does this inline.)"""
         if excl:
             self.excl = None
         else:
@@ -232,9 +233,9 @@ class TdxModule:
         entries = self.entries
         for lvl in range(ROOT_LEVEL, level, -1):
             e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
-            state = e.state if e else FREE
-            if state == NL_MAPPED:
+            if e is not None and e.state == NL_MAPPED:
                 continue
+            state = e.state if e else FREE
             if state in LEAF_STATES:
                 return None, TDX_PAGE_SIZE_MISMATCH
             return None, TDX_EPT_WALK_FAILED
@@ -306,15 +307,21 @@ class TdxModule:
             SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
 
     def _release(self, call: _Call) -> None:
-        if call.entries:
-            for e in call.entries:
+        entries = call.entries
+        if entries:
+            for e in entries:
                 if e.lock is call:
                     e.lock = None
-            call.entries.clear()
-        if call.held:
-            for lock, excl in call.held:
-                lock.release(excl)
-            call.held.clear()
+            entries.clear()
+        held = call.held
+        if held:
+            for lock, excl in held:
+                # lock.release(excl), written out (TryRwLock.release)
+                if excl:
+                    lock.excl = None
+                else:
+                    lock.shared -= 1
+            held.clear()
         if call.tdvpr is not None:
             call.tdvpr.tdvpr_lock = None
             call.tdvpr = None
