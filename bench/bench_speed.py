@@ -1,11 +1,12 @@
 """Runs per second of the default run (``tdx-stress run``: hugepage-rfc, controlled mode,
 portfolio strategy), and where its time goes (issue 14, point 6).
 
-Each measurement runs seeds the way a campaign's worker does
-(:func:`stress.campaign.run_batch`: ``record_steps=False``, a deadline far away) in a
-fresh subprocess whose imports come from one source tree.  Two trees are compared in
-one run by alternating them (ABBA order), so that the machine's noise hits both alike;
-what counts is the median ratio of their runs/s, not the absolute figures.
+Seeds run the way a campaign's worker runs them (:func:`stress.campaign.run_batch`:
+``record_steps=False``, a deadline far away), each tree in a worker process of its own
+whose imports come from that tree.  Two trees are compared in one run by alternating
+them seed by seed (ABBA order: one worker runs while the other waits), so that the
+machine's noise hits both alike; a round is one pass over the seeds, and what counts is
+the median over rounds of the ratio of their runs/s, not the absolute figures.
 
     python bench/bench_speed.py                       # this tree against 5a93889
     python bench/bench_speed.py --base REV --rounds 5 --seeds 40
@@ -45,19 +46,23 @@ def _import_from(tree: Path) -> None:
             raise SystemExit(f"{mod.__name__} imported from {where}, not from {tree}")
 
 
-def child_measure(tree: Path, seeds: list[int]) -> dict:
+def child_serve(tree: Path, warm_seed: int) -> None:
+    """A measuring worker: imports ``tree``, runs one seed to warm up, then runs each
+    seed it is sent on stdin (one number a line) and answers with one JSON line."""
     _import_from(tree)
     from stress.campaign import run_batch
     from stress.config import RunConfig
     cfg = RunConfig().validate().to_dict()
-    run_batch(cfg, seeds[:1], False, deadline=time.monotonic() + 3600)   # warm-up
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    out = run_batch(cfg, seeds, False, deadline=time.monotonic() + 3600)
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    return {"runs": len(out), "wall": wall, "cpu": cpu,
-            "steps": sum(s["steps"] for s in out)}
+    run_batch(cfg, [warm_seed], False, deadline=time.monotonic() + 3600)   # warm-up
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        seed = int(line)
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        out = run_batch(cfg, [seed], False, deadline=time.monotonic() + 3600)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        print(json.dumps({"wall": wall, "cpu": cpu, "steps": out[0]["steps"]}), flush=True)
 
 
 class _Snapshot:
@@ -130,13 +135,34 @@ def child_profile(tree: Path, seeds: list[int], top: int) -> None:
 
 
 # ---------------------------------------------------------------------- parent side
-def measure(tree: Path, seeds: list[int]) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--tree", str(tree),
-           "--first-seed", str(seeds[0]), "--seeds", str(len(seeds))]
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
-                         cwd=str(tree))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Worker:
+    """A child process measuring one tree, seed by seed (:func:`child_serve`)."""
+
+    def __init__(self, tree: Path, warm_seed: int) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--tree", str(tree),
+               "--first-seed", str(warm_seed)]
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=str(tree))
+        self._read()
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"measuring worker exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, seed: int) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{seed}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -150,28 +176,38 @@ def extract(rev: str, into: Path) -> Path:
 
 def compare(base: Path, base_name: str, new: Path, seeds: list[int], rounds: int) -> int:
     print(f"default run (hugepage-rfc, controlled, portfolio), seeds {seeds[0]}.."
-          f"{seeds[-1]} per measurement, one subprocess each, ABBA order")
+          f"{seeds[-1]} per round; one worker process per tree, the two alternating seed "
+          f"by seed (ABBA), so that the machine's noise falls on both alike")
     print(f"  base: {base_name} ({base})")
     print(f"  new : {new}")
+    workers = {"base": Worker(base, seeds[0] - 1), "new": Worker(new, seeds[0] - 1)}
     ratios, base_rps, new_rps, cpu_ratios = [], [], [], []
-    for r in range(rounds):
-        order = [("base", base), ("new", new)]
-        if r % 2:
-            order.reverse()
-        res = {name: measure(tree, seeds) for name, tree in order}
-        b, n = (res[k]["runs"] / res[k]["wall"] for k in ("base", "new"))
-        sb, sn = (res[k]["steps"] / res[k]["wall"] for k in ("base", "new"))
-        if res["base"]["steps"] != res["new"]["steps"]:
-            print(f"  note: the trees took different step counts ({res['base']['steps']} "
-                  f"vs {res['new']['steps']}): they do not run the same model")
-        cb, cn = (res[k]["runs"] / res[k]["cpu"] for k in ("base", "new"))
-        cpu_ratios.append(cn / cb)
-        base_rps.append(b)
-        new_rps.append(n)
-        ratios.append(n / b)
-        print(f"round {r + 1}: base {b:6.2f} runs/s  new {n:6.2f} runs/s  "
-              f"ratio {n / b:5.2f}x   (per CPU second: {cn / cb:5.2f}x; steps/s: base "
-              f"{sb:,.0f}, new {sn:,.0f})", flush=True)
+    try:
+        for r in range(rounds):
+            res = {k: {"runs": 0, "wall": 0.0, "cpu": 0.0, "steps": 0} for k in workers}
+            for j, seed in enumerate(seeds):
+                order = ["base", "new"] if (j + r) % 2 == 0 else ["new", "base"]
+                got = {k: workers[k].run(seed) for k in order}
+                if got["base"]["steps"] != got["new"]["steps"]:
+                    print(f"  note: seed {seed} took {got['base']['steps']} steps in base, "
+                          f"{got['new']['steps']} in new: not the same model")
+                for k in workers:
+                    for f in ("wall", "cpu", "steps"):
+                        res[k][f] += got[k][f]
+                    res[k]["runs"] += 1
+            b, n = (res[k]["runs"] / res[k]["wall"] for k in ("base", "new"))
+            sb, sn = (res[k]["steps"] / res[k]["wall"] for k in ("base", "new"))
+            cb, cn = (res[k]["runs"] / res[k]["cpu"] for k in ("base", "new"))
+            cpu_ratios.append(cn / cb)
+            base_rps.append(b)
+            new_rps.append(n)
+            ratios.append(n / b)
+            print(f"round {r + 1}: base {b:6.2f} runs/s  new {n:6.2f} runs/s  "
+                  f"ratio {n / b:5.2f}x   (per CPU second: {cn / cb:5.2f}x; steps/s: base "
+                  f"{sb:,.0f}, new {sn:,.0f})", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
     med = statistics.median
     print(f"median: base {med(base_rps):.2f} runs/s, new {med(new_rps):.2f} runs/s; "
           f"median ratio new/base {med(ratios):.2f}x (target >= 2x) over {rounds} rounds; "
@@ -197,7 +233,7 @@ def main() -> int:
     a = ap.parse_args()
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     if a.child:
-        print(json.dumps(child_measure(a.tree, seeds)))
+        child_serve(a.tree, a.first_seed)
         return 0
     if a.profile:
         if a.profile_rev is None:
