@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .spte import (
+    FROZEN_SPTE,
     ROOT_LEVEL,
     SHADOW_NONPRESENT_VALUE,
-    is_frozen_spte,
+    SPTE_MMU_PRESENT_MASK,
     is_last_spte,
     is_shadow_present_pte,
     level_pages,
@@ -55,18 +56,21 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     mirror_seen: dict[tuple[int, int], int] = {}
 
     # 2: nothing reachable is frozen (both roots); 1: mirror -> S-EPT agreement.
+    # (is_frozen_spte(), is_shadow_present_pte() and m.peek() written out: this visits
+    # every entry in use)
+    entries = m.entries
     for root in (kvm.mmu.mirror_root, kvm.mmu.direct_root):
         for sp, i, gfn, level, v in _walk(kvm, root):
-            if is_frozen_spte(v):
+            if v == FROZEN_SPTE:
                 out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
-            if not root.is_mirror or not is_shadow_present_pte(v):
+            if not root.is_mirror or not v & SPTE_MMU_PRESENT_MASK:
                 continue
             if sp.freed:
                 out.append((6, f"freed table {sp!r} still reachable"))
             mirror_seen[(level, gfn)] = v
             if not m.hkid_assigned:
                 continue
-            e = m.peek(gfn, level)
+            e = entries.get((level, gfn & -(1 << (9 * (level - 1)))))
             state = e.state if e else FREE
             if is_last_spte(v, level):
                 if state not in (PENDING, MAPPED) or e is None or e.pfn != spte_to_pfn(v):
@@ -81,9 +85,7 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     # 1 (other direction) and 3 (no orphans): every live S-EPT entry is mirrored and
     # hangs below a non-leaf.
     if m.hkid_assigned:
-        for (level, gfn), e in sorted(m.entries.items()):
-            if e.state == FREE:
-                continue
+        for (level, gfn), e in sorted(kv for kv in m.entries.items() if kv[1].state != FREE):
             if (level, gfn) not in mirror_seen:
                 out.append((1, f"S-EPT {e.state} gfn={gfn:#x} L{level} has no present "
                                "mirror SPTE"))

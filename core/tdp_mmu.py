@@ -209,10 +209,10 @@ class TdpMmu:
         level = sp.level
         step = level_pages(level)
         for i in range(512):
-            gfn = sp.gfn + i * step
             old = self._freeze_child(sp, i, shared)
             if old is None or not external:
                 continue
+            gfn = sp.gfn + i * step
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
             if sp.is_mirror and is_shadow_present_pte(old):
                 # v6.19: KVM_BUG_ON(shared, kvm); remove_external_spte().
