@@ -46,9 +46,12 @@ def _import_from(tree: Path) -> None:
             raise SystemExit(f"{mod.__name__} imported from {where}, not from {tree}")
 
 
-def child_serve(tree: Path, warm_seed: int) -> None:
+def child_serve(tree: Path, warm_seed: int, cpu: int | None) -> None:
     """A measuring worker: imports ``tree``, runs one seed to warm up, then runs each
-    seed it is sent on stdin (one number a line) and answers with one JSON line."""
+    seed it is sent on stdin (one number a line) and answers with one JSON line.
+    ``cpu``: run on that CPU only, as a campaign's worker does (campaign._worker_init)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
     _import_from(tree)
     from stress.campaign import run_batch
     from stress.config import RunConfig
@@ -138,9 +141,9 @@ def child_profile(tree: Path, seeds: list[int], top: int) -> None:
 class Worker:
     """A child process measuring one tree, seed by seed (:func:`child_serve`)."""
 
-    def __init__(self, tree: Path, warm_seed: int) -> None:
+    def __init__(self, tree: Path, warm_seed: int, cpu: int | None) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--tree", str(tree),
-               "--first-seed", str(warm_seed)]
+               "--first-seed", str(warm_seed)] + ([] if cpu is None else ["--cpu", str(cpu)])
         env = dict(os.environ, PYTHONHASHSEED="0")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=str(tree))
@@ -174,13 +177,15 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def compare(base: Path, base_name: str, new: Path, seeds: list[int], rounds: int) -> int:
+def compare(base: Path, base_name: str, new: Path, seeds: list[int], rounds: int,
+            cpu: int | None) -> int:
     print(f"default run (hugepage-rfc, controlled, portfolio), seeds {seeds[0]}.."
           f"{seeds[-1]} per round; one worker process per tree, the two alternating seed "
           f"by seed (ABBA), so that the machine's noise falls on both alike")
     print(f"  base: {base_name} ({base})")
     print(f"  new : {new}")
-    workers = {"base": Worker(base, seeds[0] - 1), "new": Worker(new, seeds[0] - 1)}
+    print(f"  workers on {'any CPU' if cpu is None else f'CPU {cpu} only'}")
+    workers = {"base": Worker(base, seeds[0] - 1, cpu), "new": Worker(new, seeds[0] - 1, cpu)}
     ratios, base_rps, new_rps, cpu_ratios = [], [], [], []
     try:
         for r in range(rounds):
@@ -229,11 +234,20 @@ def main() -> int:
     ap.add_argument("--profile-rev", default=None, metavar="REV",
                     help="with --profile: profile commit REV (extracted) instead of --tree")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--cpu", default="first", metavar="N|first|any",
+                    help="the CPU the measuring workers run on: like a campaign's worker, "
+                         "pinned to one (default: the first allowed), or 'any'")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    if a.cpu == "any":
+        cpu = None
+    elif a.cpu == "first":
+        cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    else:
+        cpu = int(a.cpu)
     if a.child:
-        child_serve(a.tree, a.first_seed)
+        child_serve(a.tree, a.first_seed, cpu)
         return 0
     if a.profile:
         if a.profile_rev is None:
@@ -243,10 +257,10 @@ def main() -> int:
             child_profile(extract(a.profile_rev, Path(d)), seeds, a.top)
         return 0
     if a.base_tree is not None:
-        return compare(a.base_tree, str(a.base_tree), a.tree, seeds, a.rounds)
+        return compare(a.base_tree, str(a.base_tree), a.tree, seeds, a.rounds, cpu)
     with tempfile.TemporaryDirectory(prefix="bench-speed-base-") as d:
         base = extract(a.base, Path(d))
-        return compare(base, a.base, a.tree, seeds, a.rounds)
+        return compare(base, a.base, a.tree, seeds, a.rounds, cpu)
 
 
 if __name__ == "__main__":
