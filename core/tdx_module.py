@@ -332,9 +332,12 @@ class TdxModule:
         return self._rng.random() < self.busy_rate
 
     # ------------------------------------------------------------------ the two steps
-    def _seamcall(self, name: str, arg: object, lock: Callable[[_Call], int],
+    def _seamcall(self, name: str, arg: object, lock: Callable[..., int],
                   effect: Callable[[_Call], int], *, guest: bool = False,
-                  vcpu: TdVcpu | None = None, injectable: bool = True) -> int:
+                  vcpu: TdVcpu | None = None, injectable: bool = True,
+                  lock_args: tuple = ()) -> int:
+        """The two steps of a SEAMCALL (module docstring): ``lock(call, *lock_args)``
+        try-takes its locks, ``effect(call)`` checks and applies; both release."""
         call = _Call(name, guest, vcpu)
 
         def step1() -> int:
@@ -346,7 +349,7 @@ class TdxModule:
             if injectable and not self.busy_rate <= 0.0 and self._inject():
                 self._count_busy(SRC_INJECTED)
                 return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
-            err = lock(call)
+            err = lock(call, *lock_args)
             if err:
                 self._release(call)
             return err
@@ -382,9 +385,12 @@ class TdxModule:
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
-        err = self._take_tdr(call, False) or self._take_tree(call, tree_excl)
-        if err:
-            return err
+        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out
+        if not self.tdr.take(call, False):
+            return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
+        if not self.tree.take(call, tree_excl):
+            return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
+                              TDX_OPERAND_ID_SEPT)
         e, err = self._walk(gfn, level)
         if err:
             return err | TDX_OPERAND_ID_RCX
@@ -403,7 +409,8 @@ class TdxModule:
             self.sept_pages[page] = (level - 1, gfn_round_for_level(gfn, level))
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.SEPT.ADD", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_aug(self, gfn: int, level: int, pfn: int) -> int:
         """TDH.MEM.PAGE.AUG: add a PENDING page to a running TD."""
@@ -418,7 +425,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = PENDING, pfn, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.AUG", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_add(self, gfn: int, pfn: int) -> int:
         """TDH.MEM.PAGE.ADD: add an initial (MAPPED) 4K page before the TD is finalised.
@@ -465,7 +473,8 @@ class TdxModule:
             e.state, e.bepoch = new, self.td_epoch
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.RANGE.BLOCK", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, True))
 
     def tdh_mem_track(self) -> int:
         """TDH.MEM.TRACK: advance the TD epoch once the epoch before has drained."""
@@ -495,7 +504,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = FREE, None, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.REMOVE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_sept_remove(self, gfn: int, level: int) -> int:
         """TDH.MEM.SEPT.REMOVE: remove a blocked, tracked non-leaf whose 512 children are FREE."""
@@ -514,7 +524,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = FREE, None, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.SEPT.REMOVE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, True))
 
     def tdh_mem_page_demote(self, gfn: int, level: int, page: int) -> int:
         """TDH.MEM.PAGE.DEMOTE: split a blocked, tracked 2M leaf into a table of 512 4K leaves."""
@@ -535,7 +546,8 @@ class TdxModule:
             return TDX_SUCCESS
         # tdh_mem_page_demote.c: the tree lock is taken shared
         return self._seamcall("TDH.MEM.PAGE.DEMOTE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_promote(self, gfn: int, level: int) -> int:
         """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 4K leaves, all
