@@ -99,7 +99,7 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     # leaf installed over a GFN that was just converted would let the guest reach
     # private memory at a shared GPA's page).
     shared_gfns = kvm.shared_gfns
-    for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root):
+    for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root) if shared_gfns else ():
         if is_shadow_present_pte(v) and is_last_spte(v, level):
             # the shared GFNs the leaf covers, in order: whichever is the shorter to scan,
             # the leaf's GFNs or the shared set
@@ -116,10 +116,15 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     for (level, gfn), e in m.entries.items():
         if e.state in LEAF_STATES and e.pfn is not None:
             n = level_pages(level)
-            pfns = range(e.pfn, e.pfn + n)
-            if owner.keys().isdisjoint(pfns):      # no page mapped twice: all at once
-                owner.update(zip(pfns, range(gfn, gfn + n), strict=True))
-                continue
+            if n == 1:
+                if e.pfn not in owner:
+                    owner[e.pfn] = gfn
+                    continue
+            else:
+                pfns = range(e.pfn, e.pfn + n)
+                if owner.keys().isdisjoint(pfns):      # no page mapped twice: all at once
+                    owner.update(zip(pfns, range(gfn, gfn + n), strict=True))
+                    continue
             for k in range(n):
                 pfn = e.pfn + k
                 if pfn in owner:
