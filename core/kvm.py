@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .findings import Recorder
 from .mmu_lock import MmuLock
@@ -75,31 +75,40 @@ class GuestExit:
     shared: bool = False      # "mapgpa": to shared (else to private)
 
 
-def _counted(base: type, name: str, methods: tuple[str, ...]) -> type:
-    """``base`` with a count of the changes made to an instance (``changes``), bumped by
-    each of its mutating ``methods``; reads are ``base``'s own, as fast."""
-    def counting(method: str):
+def _count_changes(cls: type, base: type, methods: tuple[str, ...]) -> None:
+    """Give ``cls`` each of ``base``'s mutating ``methods``, bumping the instance's
+    ``changes`` first."""
+    def counting(method: str) -> Any:
         f = getattr(base, method)
 
-        def m(self, *args, **kwargs):
+        def m(self: Any, *args: Any, **kwargs: Any) -> Any:
             self.changes += 1
             return f(self, *args, **kwargs)
-        m.__name__ = m.__qualname__ = method
+        m.__name__ = method
+        m.__qualname__ = f"{cls.__name__}.{method}"
         return m
-    body: dict = {"changes": 0, "__doc__": f"A {base.__name__} that counts its changes "
-                  "(model helper: lets a check over many entries be remembered until the "
-                  "next change)."}
-    body.update((method, counting(method)) for method in methods)
-    return type(name, (base,), body)
+    for method in methods:
+        setattr(cls, method, counting(method))
 
 
-CountedDict = _counted(dict, "CountedDict", (
-    "__setitem__", "__delitem__", "__ior__", "pop", "popitem", "setdefault", "update",
-    "clear"))
-CountedSet = _counted(set, "CountedSet", (
-    "add", "discard", "remove", "pop", "clear", "update", "difference_update",
-    "intersection_update", "symmetric_difference_update", "__ior__", "__iand__",
-    "__isub__", "__ixor__"))
+class CountedDict(dict):
+    """A dict that counts the changes made to it (``changes``); reads are the dict's
+    own, as fast.  Model helper: lets a check over many entries (Kvm._folio_intact) be
+    remembered until the next change."""
+    changes = 0
+
+
+class CountedSet(set):
+    """A set that counts the changes made to it (``changes``), as CountedDict."""
+    changes = 0
+
+
+_count_changes(CountedDict, dict, ("__setitem__", "__delitem__", "__ior__", "pop", "popitem",
+                                   "setdefault", "update", "clear"))
+_count_changes(CountedSet, set, ("add", "discard", "remove", "pop", "clear", "update",
+                                 "difference_update", "intersection_update",
+                                 "symmetric_difference_update", "__ior__", "__iand__",
+                                 "__isub__", "__ixor__"))
 
 
 class Guest(Protocol):
@@ -344,13 +353,14 @@ class Kvm:
         mixed-attribute flag of lpage_info)."""
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
         gmem, shared = self.gmem, self.shared_gfns
+        if not (isinstance(gmem, CountedDict) and isinstance(shared, CountedSet)):
+            return self._folio_intact_now(base)     # replaced by plain containers
         memo = self._intact_memo.get(base)
         if memo is not None and memo[0] is gmem and memo[1] == gmem.changes \
                 and memo[2] is shared and memo[3] == shared.changes:
             return memo[4]
         answer = self._folio_intact_now(base)
-        if isinstance(gmem, CountedDict) and isinstance(shared, CountedSet):
-            self._intact_memo[base] = (gmem, gmem.changes, shared, shared.changes, answer)
+        self._intact_memo[base] = (gmem, gmem.changes, shared, shared.changes, answer)
         return answer
 
     def _folio_intact_now(self, base: int) -> bool:
