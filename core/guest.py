@@ -30,6 +30,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# GuestExit at module level, not in the functions that use it: an import statement in a
+# function runs the import machinery at every call (several microseconds), and these run
+# at every guest instruction.  (core.kvm does not import this module.)
+from .kvm import GuestExit
 from .sched import cpu_relax, current
 from .spte import (
     PG_LEVEL_2M,
@@ -51,7 +55,7 @@ from .tdx_errno import (
 )
 
 if TYPE_CHECKING:
-    from .kvm import GuestExit, Kvm, KvmVcpu
+    from .kvm import Kvm, KvmVcpu
 
 Instr = tuple
 AGAIN = object()      # _execute(): run the same instruction again at once
@@ -81,7 +85,6 @@ class ProgramGuest:
         """Run the guest's instructions until an exit.  Common to both guests: the kick
         check before every instruction, the shared access, retiring an instruction;
         what an instruction does is :meth:`_execute`."""
-        from .kvm import GuestExit
         me = current()
         while self.rip < len(self.program):
             me.item = self.rip         # the shrinker attributes steps to instructions
@@ -110,7 +113,6 @@ class ProgramGuest:
         exit, or AGAIN (run it again: the access after #VE handling).  A PENDING page
         raises #VE and the #VE handler accepts it (a Linux TD does not:
         :class:`LinuxTdGuest`)."""
-        from .kvm import GuestExit
         op = ins[0]
         if op == "touch":
             gfn = ins[1]
@@ -140,7 +142,6 @@ class ProgramGuest:
         return min(PG_LEVEL_2M, kvm.tdx.tdx_gmem_max_mapping_level(kvm.gmem.get(gfn, 0), True))
 
     def _accept(self, kvm: "Kvm", vcpu: "KvmVcpu", gfn: int, level: int) -> "GuestExit | None":
-        from .kvm import GuestExit
         base = gfn & ~((1 << (9 * (level - 1))) - 1)
         for _ in range(self.accept_retries):
             self.accepts += 1
@@ -206,7 +207,6 @@ class LinuxTdGuest(ProgramGuest):
     def _execute(self, kvm: "Kvm", vcpu: "KvmVcpu", ins: Instr) -> "GuestExit | object | None":
         """A Linux TD's use of memory: accept before use (``accept_memory()``), never
         touch a PENDING page on purpose, convert with MapGPA."""
-        from .kvm import GuestExit
         op = ins[0]
         if op == "touch":
             gfn = ins[1]
@@ -248,7 +248,6 @@ class LinuxTdGuest(ProgramGuest):
         holds ``gfn``: nothing if it is accepted; wait (spinning, kickable) while another
         vCPU accepts it (``accepting_list``); else claim it, tdx_accept_memory() it
         (arch_accept_memory(), which panics on failure) and clear its bit."""
-        from .kvm import GuestExit
         mem = guest_memory(kvm)
         unit, size = mem.unit_of(gfn)
         if self._claimed != unit:
@@ -285,7 +284,6 @@ class LinuxTdGuest(ProgramGuest):
         ``start`` is aligned to and the range still covers, then smaller on any error;
         a 4K error fails the accept.  Returns None when the range is accepted, an
         "ept" exit (the module's EPT violation of type ACCEPT), or a "panic" exit."""
-        from .kvm import GuestExit
         if self._accept_at is None:
             self._accept_at = start
         while self._accept_at < end:

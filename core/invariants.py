@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .spte import (
+    FROZEN_SPTE,
     ROOT_LEVEL,
-    is_frozen_spte,
+    SHADOW_NONPRESENT_VALUE,
+    SPTE_MMU_PRESENT_MASK,
     is_last_spte,
     is_shadow_present_pte,
     level_pages,
@@ -29,12 +31,17 @@ if TYPE_CHECKING:
 
 
 def _walk(kvm: "Kvm", root: "KvmMmuPage"):
-    """Every (table, index, gfn, level, value) reachable from ``root``."""
+    """Every (table, index, gfn, level, value) reachable from ``root``, but for the
+    entries that hold ``SHADOW_NONPRESENT_VALUE`` (never written, or zapped): no
+    invariant looks at those, and they are most of every table."""
     stack = [root]
     while stack:
         sp = stack.pop()
         n = level_pages(sp.level)
-        for i, v in enumerate(sp.spt):
+        spt = sp.spt
+        if spt.count(SHADOW_NONPRESENT_VALUE) == len(spt):
+            continue
+        for i, v in [(i, v) for i, v in enumerate(spt) if v != SHADOW_NONPRESENT_VALUE]:
             yield sp, i, sp.gfn + i * n, sp.level, v
             if is_shadow_present_pte(v) and not is_last_spte(v, sp.level):
                 child = kvm.mmu.pages.get(spte_to_pfn(v))
@@ -49,18 +56,21 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     mirror_seen: dict[tuple[int, int], int] = {}
 
     # 2: nothing reachable is frozen (both roots); 1: mirror -> S-EPT agreement.
+    # (is_frozen_spte(), is_shadow_present_pte() and m.peek() written out: this visits
+    # every entry in use)
+    entries = m.entries
     for root in (kvm.mmu.mirror_root, kvm.mmu.direct_root):
         for sp, i, gfn, level, v in _walk(kvm, root):
-            if is_frozen_spte(v):
+            if v == FROZEN_SPTE:
                 out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
-            if not root.is_mirror or not is_shadow_present_pte(v):
+            if not root.is_mirror or not v & SPTE_MMU_PRESENT_MASK:
                 continue
             if sp.freed:
                 out.append((6, f"freed table {sp!r} still reachable"))
             mirror_seen[(level, gfn)] = v
             if not m.hkid_assigned:
                 continue
-            e = m.peek(gfn, level)
+            e = entries.get((level, gfn & -(1 << (9 * (level - 1)))))
             state = e.state if e else FREE
             if is_last_spte(v, level):
                 if state not in (PENDING, MAPPED) or e is None or e.pfn != spte_to_pfn(v):
@@ -75,9 +85,7 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     # 1 (other direction) and 3 (no orphans): every live S-EPT entry is mirrored and
     # hangs below a non-leaf.
     if m.hkid_assigned:
-        for (level, gfn), e in sorted(m.entries.items()):
-            if e.state == FREE:
-                continue
+        for (level, gfn), e in sorted(kv for kv in m.entries.items() if kv[1].state != FREE):
             if (level, gfn) not in mirror_seen:
                 out.append((1, f"S-EPT {e.state} gfn={gfn:#x} L{level} has no present "
                                "mirror SPTE"))
@@ -90,25 +98,40 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     # 10: no private leaf covers a GFN whose memory attributes say shared (a 2M private
     # leaf installed over a GFN that was just converted would let the guest reach
     # private memory at a shared GPA's page).
-    for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root):
+    shared_gfns = kvm.shared_gfns
+    for _sp, _i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root) if shared_gfns else ():
         if is_shadow_present_pte(v) and is_last_spte(v, level):
-            shared = [g for g in range(gfn, gfn + level_pages(level)) if g in kvm.shared_gfns]
+            # the shared GFNs the leaf covers, in order: whichever is the shorter to scan,
+            # the leaf's GFNs or the shared set
+            n = level_pages(level)
+            shared = [g for g in range(gfn, gfn + n) if g in shared_gfns] \
+                if n <= len(shared_gfns) else sorted(g for g in shared_gfns if gfn <= g < gfn + n)
             if shared:
                 out.append((10, f"private leaf gfn={gfn:#x} L{level} covers shared GFN "
                                 f"{shared[0]:#x}" + (f" and {len(shared) - 1} more"
                                                      if len(shared) > 1 else "")))
 
     # 8: a guest page is mapped in at most one S-EPT leaf.
-    owner: dict[int, tuple[int, int]] = {}
+    owner: dict[int, int] = {}      # pfn -> the GFN whose leaf maps it
     for (level, gfn), e in m.entries.items():
         if e.state in LEAF_STATES and e.pfn is not None:
-            for k in range(level_pages(level)):
+            n = level_pages(level)
+            if n == 1:
+                if e.pfn not in owner:
+                    owner[e.pfn] = gfn
+                    continue
+            else:
+                pfns = range(e.pfn, e.pfn + n)
+                if owner.keys().isdisjoint(pfns):      # no page mapped twice: all at once
+                    owner.update(zip(pfns, range(gfn, gfn + n), strict=True))
+                    continue
+            for k in range(n):
                 pfn = e.pfn + k
                 if pfn in owner:
-                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn][1]:#x} and "
+                    out.append((8, f"pfn {pfn:#x} mapped by gfn={owner[pfn]:#x} and "
                                    f"gfn={gfn + k:#x}"))
                     break
-                owner[pfn] = (level, gfn + k)
+                owner[pfn] = gfn + k
 
     # 3, 4, 5: the module's audit of what it was asked to do (new entries only).
     out.extend(m.audit[m.audit_checked:])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .findings import Recorder
 from .mmu_lock import MmuLock
@@ -73,6 +73,42 @@ class GuestExit:
     pending: bool = False
     npages: int = 0           # "mapgpa": TDG.VP.VMCALL<MapGPA> of [gfn, gfn + npages)
     shared: bool = False      # "mapgpa": to shared (else to private)
+
+
+def _count_changes(cls: type, base: type, methods: tuple[str, ...]) -> None:
+    """Give ``cls`` each of ``base``'s mutating ``methods``, bumping the instance's
+    ``changes`` first."""
+    def counting(method: str) -> Any:
+        f = getattr(base, method)
+
+        def m(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.changes += 1
+            return f(self, *args, **kwargs)
+        m.__name__ = method
+        m.__qualname__ = f"{cls.__name__}.{method}"
+        return m
+    for method in methods:
+        setattr(cls, method, counting(method))
+
+
+class CountedDict(dict):
+    """A dict that counts the changes made to it (``changes``); reads are the dict's
+    own, as fast.  Model helper: lets a check over many entries (Kvm._folio_intact) be
+    remembered until the next change."""
+    changes = 0
+
+
+class CountedSet(set):
+    """A set that counts the changes made to it (``changes``), as CountedDict."""
+    changes = 0
+
+
+_count_changes(CountedDict, dict, ("__setitem__", "__delitem__", "__ior__", "pop", "popitem",
+                                   "setdefault", "update", "clear"))
+_count_changes(CountedSet, set, ("add", "discard", "remove", "pop", "clear", "update",
+                                 "difference_update", "intersection_update",
+                                 "symmetric_difference_update", "__ior__", "__iand__",
+                                 "__isub__", "__ixor__"))
 
 
 class Guest(Protocol):
@@ -140,11 +176,14 @@ class Kvm:
         self.vcpus = [KvmVcpu(i) for i in range(nr_vcpus)]
         self.regions = regions if regions is not None else (
             MemRegion(0x0, 16), MemRegion(0x200, 512, huge=True))
-        self.gmem: dict[int, int] = {}          # private gfn -> pfn (guest_memfd)
+        self.gmem: dict[int, int] = CountedDict()   # private gfn -> pfn (guest_memfd)
         # slot->gmem.file: the memslots' guest_memfd, until kvm_gmem_release() clears it
         self.gmem_file_open = True
         self.shared_mem: dict[int, int] = {}    # shared gfn -> pfn
-        self.shared_gfns: set[int] = set()      # memory attributes: these are shared
+        self.shared_gfns: set[int] = CountedSet()   # memory attributes: these are shared
+        # _folio_intact()'s answers: 2M base -> (gmem, its changes, shared_gfns, its
+        # changes, answer), good while neither container changed
+        self._intact_memo: dict[int, tuple] = {}
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range: tuple[int, int] | None = None   # merged [start, end)
@@ -313,11 +352,28 @@ class Kvm:
         GFN of the range is shared (model helper: kvm_gmem_mapping_order() and the
         mixed-attribute flag of lpage_info)."""
         base = gfn_round_for_level(gfn, PG_LEVEL_2M)
+        gmem, shared = self.gmem, self.shared_gfns
+        if not (isinstance(gmem, CountedDict) and isinstance(shared, CountedSet)):
+            return self._folio_intact_now(base)     # replaced by plain containers
+        memo = self._intact_memo.get(base)
+        if memo is not None and memo[0] is gmem and memo[1] == gmem.changes \
+                and memo[2] is shared and memo[3] == shared.changes:
+            return memo[4]
+        answer = self._folio_intact_now(base)
+        self._intact_memo[base] = (gmem, gmem.changes, shared, shared.changes, answer)
+        return answer
+
+    def _folio_intact_now(self, base: int) -> bool:
+        """_folio_intact() of the 2M range at ``base``, read from guest_memfd and the
+        memory attributes as they are."""
         first = self.gmem.get(base)
         if first is None or first % 512:
             return False
-        return all(self.gmem.get(base + i) == first + i and (base + i) not in self.shared_gfns
-                   for i in range(512))
+        # every GFN of the range backed by the folio's page at its offset (first + i) ...
+        if list(map(self.gmem.get, range(base, base + 512))) != list(range(first, first + 512)):
+            return False
+        # ... and none of them shared (the set is small: look its members up in the range)
+        return not any(base <= g < base + 512 for g in self.shared_gfns)
 
     # ------------------------------------------------------------------ invalidation
     def kvm_mmu_invalidate_begin(self) -> None:

@@ -3,7 +3,15 @@
 """
 from __future__ import annotations
 
-from .spte import is_frozen_spte, is_last_spte, is_shadow_present_pte, spte_to_pfn
+from .spte import (
+    FROZEN_SPTE,
+    PG_LEVEL_4K,
+    PT_PAGE_SIZE_MASK,
+    SPTE_BASE_ADDR_MASK,
+    SPTE_MMU_PRESENT_MASK,
+    is_last_spte,
+    is_shadow_present_pte,
+)
 
 # (old kind, new kind, shared) -> row; kinds: "np", "leaf", "nl".  Rows 5, 6, 10 cover
 # both lock modes.
@@ -48,10 +56,16 @@ def classify(old: int, new: int, level: int, shared: bool) -> int | None:
     (rows 6 and 10 count only PFN-changing transitions) and for a non-present SPTE
     frozen by handle_removed_pt(): the kernel's own allowed case, which its row-5 WARN
     exempts (``!is_frozen_spte(new_spte)``), is not the invalid transition of row 5."""
-    ko, kn = spte_kind(old, level), spte_kind(new, level)
-    if ko == kn == "np" and is_frozen_spte(new):
+    # spte_kind() of each, is_frozen_spte() and spte_to_pfn(), written out: this runs on
+    # every change of a mirror SPTE
+    leaf = level == PG_LEVEL_4K
+    ko = "np" if not old & SPTE_MMU_PRESENT_MASK else \
+        "leaf" if leaf or old & PT_PAGE_SIZE_MASK else "nl"
+    kn = "np" if not new & SPTE_MMU_PRESENT_MASK else \
+        "leaf" if leaf or new & PT_PAGE_SIZE_MASK else "nl"
+    if ko == kn == "np" and new == FROZEN_SPTE:
         return None
-    if ko == kn and ko != "np" and spte_to_pfn(old) == spte_to_pfn(new):
+    if ko == kn and ko != "np" and (old & SPTE_BASE_ADDR_MASK) == (new & SPTE_BASE_ADDR_MASK):
         return None
     return _ROWS[(ko, kn, shared)]
 

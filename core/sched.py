@@ -69,11 +69,11 @@ _tls = threading.local()
 
 def current() -> ThreadCtx:
     """The calling thread's context (the model's ``current``); made on first use."""
-    ctx = getattr(_tls, "ctx", None)
-    if ctx is None:
-        ctx = ThreadCtx(threading.current_thread().name)
-        _tls.ctx = ctx
-    return ctx
+    try:
+        return _tls.ctx
+    except AttributeError:
+        ctx = _tls.ctx = ThreadCtx(threading.current_thread().name)
+        return ctx
 
 
 def set_current(ctx: ThreadCtx) -> None:

@@ -23,17 +23,17 @@ FROZEN_SPTE = SHADOW_NONPRESENT_VALUE | 0x5A0
 
 def is_shadow_present_pte(spte: int) -> bool:
     """spte.h is_shadow_present_pte(): KVM's present bit."""
-    return bool(spte & SPTE_MMU_PRESENT_MASK)
+    return spte & SPTE_MMU_PRESENT_MASK != 0
 
 
 def is_large_pte(spte: int) -> bool:
     """spte.h is_large_pte()."""
-    return bool(spte & PT_PAGE_SIZE_MASK)
+    return spte & PT_PAGE_SIZE_MASK != 0
 
 
 def is_last_spte(spte: int, level: int) -> bool:
     """spte.h is_last_spte(): a leaf at level 1, or a large page above it."""
-    return level == PG_LEVEL_4K or is_large_pte(spte)
+    return level == PG_LEVEL_4K or spte & PT_PAGE_SIZE_MASK != 0     # is_large_pte()
 
 
 def is_frozen_spte(spte: int) -> bool:
@@ -75,7 +75,7 @@ def spte_index(gfn: int, level: int) -> int:
 
 def gfn_round_for_level(gfn: int, level: int) -> int:
     """mmu.h gfn_round_for_level()."""
-    return gfn & ~(level_pages(level) - 1)
+    return gfn & -(1 << (9 * (level - 1)))     # gfn & ~(level_pages(level) - 1)
 
 
 def describe(spte: int, level: int) -> str:

@@ -70,18 +70,21 @@ class KvmMmuPage:
             self._rec.report("BUG", "KASAN:use-after-free",
                              f"{what} on {self!r} after it was freed", current())
 
-    # Each accessor is one operation.  The lambdas run inside the atomic step.
+    # Each accessor is one operation.  The lambdas run inside the atomic step.  (They
+    # test ``freed`` before calling _check_live(), which reports only a freed page.)
     def read(self, i: int) -> int:
         """READ_ONCE(*sptep) / kvm_tdp_mmu_read_spte()."""
         def step() -> int:
-            self._check_live("read")
+            if self.freed:
+                self._check_live("read")
             return self.spt[i]
         return self._sched.op("spte.read", (self, i), step)
 
     def write(self, i: int, new: int) -> int:
         """WRITE_ONCE(*sptep, new) (__kvm_tdp_mmu_write_spte); returns the old value."""
         def step() -> int:
-            self._check_live("write")
+            if self.freed:
+                self._check_live("write")
             old = self.spt[i]
             self.spt[i] = new
             return old
@@ -90,7 +93,8 @@ class KvmMmuPage:
     def xchg(self, i: int, new: int) -> int:
         """xchg(sptep, new) (kvm_tdp_mmu_write_spte_atomic); returns the old value."""
         def step() -> int:
-            self._check_live("xchg")
+            if self.freed:
+                self._check_live("xchg")
             old = self.spt[i]
             self.spt[i] = new
             return old
@@ -99,7 +103,8 @@ class KvmMmuPage:
     def cmpxchg(self, i: int, old: int, new: int) -> tuple[bool, int]:
         """try_cmpxchg64(sptep, &old, new): (succeeded, value found)."""
         def step() -> tuple[bool, int]:
-            self._check_live("cmpxchg")
+            if self.freed:
+                self._check_live("cmpxchg")
             cur = self.spt[i]
             if cur == old:
                 self.spt[i] = new

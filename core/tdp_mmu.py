@@ -21,6 +21,7 @@ from .spte import (
     PG_LEVEL_4K,
     ROOT_LEVEL,
     SHADOW_NONPRESENT_VALUE,
+    SPTE_MMU_PRESENT_MASK,
     gfn_round_for_level,
     is_frozen_spte,
     is_last_spte,
@@ -208,10 +209,10 @@ class TdpMmu:
         level = sp.level
         step = level_pages(level)
         for i in range(512):
-            gfn = sp.gfn + i * step
             old = self._freeze_child(sp, i, shared)
             if old is None or not external:
                 continue
+            gfn = sp.gfn + i * step
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
             if sp.is_mirror and is_shadow_present_pte(old):
                 # v6.19: KVM_BUG_ON(shared, kvm); remove_external_spte().
@@ -234,7 +235,7 @@ class TdpMmu:
                     return old
                 cpu_relax(self.sched)
         old = sp.read(i)
-        if not is_shadow_present_pte(old):
+        if not old & SPTE_MMU_PRESENT_MASK:         # !is_shadow_present_pte(old)
             return None
         sp.write(i, FROZEN_SPTE)
         return old
@@ -458,7 +459,7 @@ class TdpMmu:
                 if gfn + n <= start:
                     continue
                 v = sp.read(i)
-                if not is_shadow_present_pte(v):
+                if not v & SPTE_MMU_PRESENT_MASK:       # !is_shadow_present_pte(v)
                     continue
                 if is_last_spte(v, level):
                     yield sp, i, gfn, level, v
@@ -540,7 +541,7 @@ class TdpMmu:
         try:
             for i in range(512):
                 old = root.read(i)
-                if not is_shadow_present_pte(old):
+                if not old & SPTE_MMU_PRESENT_MASK:     # !is_shadow_present_pte(old)
                     continue
                 self.tdp_mmu_set_spte(root, i, i * level_pages(ROOT_LEVEL), old,
                                       SHADOW_NONPRESENT_VALUE, ROOT_LEVEL)

@@ -50,7 +50,10 @@ def status(err: int) -> int:
 
 def tdx_operand_busy(err: int) -> bool:
     """tdx.c tdx_operand_busy(): BUSY of a lock, including the host-priority flavour."""
-    return status(err) in (TDX_OPERAND_BUSY, TDX_OPERAND_BUSY_HOST_PRIORITY)
+    return (err & TDX_SEAMCALL_STATUS_MASK) in _BUSY      # status(err) in _BUSY
+
+
+_BUSY = (TDX_OPERAND_BUSY, TDX_OPERAND_BUSY_HOST_PRIORITY)
 
 
 def name(err: int) -> str:

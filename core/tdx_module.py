@@ -57,6 +57,7 @@ BLOCKED = "BLOCKED"
 PENDING_BLOCKED = "PENDING_BLOCKED"
 LEAF_STATES = (PENDING, MAPPED, BLOCKED, PENDING_BLOCKED)
 BLOCKED_STATES = (BLOCKED, PENDING_BLOCKED, NL_BLOCKED)
+_BLOCKED_OF = {NL_MAPPED: NL_BLOCKED, MAPPED: BLOCKED, PENDING: PENDING_BLOCKED}  # BLOCK's
 
 # TD lifecycle
 TD_BUILD = "BUILD"           # initialised, not finalised: PAGE.ADD allowed
@@ -81,6 +82,9 @@ SRC_SEPT_TREE = "sept_tree"
 SRC_SEPT_ENTRY = "sept_entry"
 SRC_TDR = "tdr"
 SRC_TDVPR = "tdvpr"
+
+
+_LOCK_LABEL: dict[str, str] = {}     # SEAMCALL name -> the label of its first step
 
 
 class SeptEntry:
@@ -121,7 +125,8 @@ class TryRwLock:
         return True
 
     def release(self, excl: bool) -> None:
-        """release_sharex_lock_sh() / release_sharex_lock_ex()."""
+        """release_sharex_lock_sh() / release_sharex_lock_ex().  (TdxModule._release,
+        which releases a SEAMCALL's locks at its end, does this inline.)"""
         if excl:
             self.excl = None
         else:
@@ -204,15 +209,17 @@ class TdxModule:
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
 
     # ------------------------------------------------------------------ S-EPT access
+    # (level, gfn_round_for_level(gfn, level)) is the key of an entry; the rounding is
+    # written out in the two helpers every S-EPT access goes through
     def entry(self, gfn: int, level: int) -> SeptEntry:
-        key = (level, gfn_round_for_level(gfn, level))
+        key = (level, gfn & -(1 << (9 * (level - 1))))
         e = self.entries.get(key)
         if e is None:
             e = self.entries[key] = SeptEntry()
         return e
 
     def peek(self, gfn: int, level: int) -> SeptEntry | None:
-        return self.entries.get((level, gfn_round_for_level(gfn, level)))
+        return self.entries.get((level, gfn & -(1 << (9 * (level - 1)))))
 
     def _walk(self, gfn: int, level: int) -> tuple[SeptEntry | None, int]:
         """Walk from the root to the entry of ``level`` that maps ``gfn``.
@@ -223,11 +230,12 @@ class TdxModule:
         has none.  (KVM removes the children of a table before it blocks the table, so
         no as-designed path needs to walk through a blocked one.)
         """
+        entries = self.entries
         for lvl in range(ROOT_LEVEL, level, -1):
-            e = self.peek(gfn, lvl)
-            state = e.state if e else FREE
-            if state == NL_MAPPED:
+            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
+            if e is not None and e.state == NL_MAPPED:
                 continue
+            state = e.state if e else FREE
             if state in LEAF_STATES:
                 return None, TDX_PAGE_SIZE_MISMATCH
             return None, TDX_EPT_WALK_FAILED
@@ -235,8 +243,9 @@ class TdxModule:
 
     def leaf_of(self, gfn: int) -> tuple[int, SeptEntry] | None:
         """The leaf mapping ``gfn`` at any level, if the walk reaches one."""
+        entries = self.entries
         for lvl in range(ROOT_LEVEL, 0, -1):
-            e = self.peek(gfn, lvl)
+            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
             if e is None or e.state == FREE:
                 return None
             if e.state in LEAF_STATES:
@@ -298,13 +307,21 @@ class TdxModule:
             SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
 
     def _release(self, call: _Call) -> None:
-        for e in call.entries:
-            if e.lock is call:
-                e.lock = None
-        call.entries.clear()
-        for lock, excl in call.held:
-            lock.release(excl)
-        call.held.clear()
+        entries = call.entries
+        if entries:
+            for e in entries:
+                if e.lock is call:
+                    e.lock = None
+            entries.clear()
+        held = call.held
+        if held:
+            for lock, excl in held:
+                # lock.release(excl), written out (TryRwLock.release)
+                if excl:
+                    lock.excl = None
+                else:
+                    lock.shared -= 1
+            held.clear()
         if call.tdvpr is not None:
             call.tdvpr.tdvpr_lock = None
             call.tdvpr = None
@@ -315,24 +332,32 @@ class TdxModule:
         return self._rng.random() < self.busy_rate
 
     # ------------------------------------------------------------------ the two steps
-    def _seamcall(self, name: str, arg: object, lock: Callable[[_Call], int],
+    def _seamcall(self, name: str, arg: object, lock: Callable[..., int],
                   effect: Callable[[_Call], int], *, guest: bool = False,
-                  vcpu: TdVcpu | None = None, injectable: bool = True) -> int:
+                  vcpu: TdVcpu | None = None, injectable: bool = True,
+                  lock_args: tuple = ()) -> int:
+        """The two steps of a SEAMCALL (module docstring): ``lock(call, *lock_args)``
+        try-takes its locks, ``effect(call)`` checks and applies; both release."""
         call = _Call(name, guest, vcpu)
 
         def step1() -> int:
-            self.calls[name] = self.calls.get(name, 0) + 1
+            calls = self.calls
+            calls[name] = calls.get(name, 0) + 1
             by = self.calls_by_phase[self.phase]
             by[name] = by.get(name, 0) + 1
-            if injectable and self._inject():
+            # (_inject() is False at once without a busy rate: not called then)
+            if injectable and not self.busy_rate <= 0.0 and self._inject():
                 self._count_busy(SRC_INJECTED)
                 return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
-            err = lock(call)
+            err = lock(call, *lock_args)
             if err:
                 self._release(call)
             return err
 
-        err = self._sched.op(name + ":lock", arg, step1)
+        label = _LOCK_LABEL.get(name)
+        if label is None:
+            label = _LOCK_LABEL[name] = name + ":lock"
+        err = self._sched.op(label, arg, step1)
         if err:
             return err
 
@@ -353,13 +378,19 @@ class TdxModule:
             return False
         if self.td_epoch >= bepoch + 2:
             return True     # two TRACKs since the block: the blocking epoch drained
-        return all(v.running_epoch is None or v.running_epoch > bepoch for v in self.vcpus)
+        for v in self.vcpus:
+            if v.running_epoch is not None and v.running_epoch <= bepoch:
+                return False
+        return True
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
-        err = self._take_tdr(call, False) or self._take_tree(call, tree_excl)
-        if err:
-            return err
+        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out
+        if not self.tdr.take(call, False):
+            return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
+        if not self.tree.take(call, tree_excl):
+            return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
+                              TDX_OPERAND_ID_SEPT)
         e, err = self._walk(gfn, level)
         if err:
             return err | TDX_OPERAND_ID_RCX
@@ -378,7 +409,8 @@ class TdxModule:
             self.sept_pages[page] = (level - 1, gfn_round_for_level(gfn, level))
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.SEPT.ADD", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_aug(self, gfn: int, level: int, pfn: int) -> int:
         """TDH.MEM.PAGE.AUG: add a PENDING page to a running TD."""
@@ -393,7 +425,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = PENDING, pfn, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.AUG", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_add(self, gfn: int, pfn: int) -> int:
         """TDH.MEM.PAGE.ADD: add an initial (MAPPED) 4K page before the TD is finalised.
@@ -434,21 +467,22 @@ class TdxModule:
             e = self.entry(gfn, level)
             if e.state in BLOCKED_STATES:
                 return TDX_GPA_RANGE_ALREADY_BLOCKED
-            new = {NL_MAPPED: NL_BLOCKED, MAPPED: BLOCKED, PENDING: PENDING_BLOCKED}.get(e.state)
+            new = _BLOCKED_OF.get(e.state)
             if new is None:
                 return TDX_EPT_ENTRY_STATE_INCORRECT | TDX_OPERAND_ID_RCX
             e.state, e.bepoch = new, self.td_epoch
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.RANGE.BLOCK", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, True))
 
     def tdh_mem_track(self) -> int:
         """TDH.MEM.TRACK: advance the TD epoch once the epoch before has drained."""
         def effect(call: _Call) -> int:
-            if any(v.running_epoch is not None and v.running_epoch < self.td_epoch
-                   for v in self.vcpus):
-                self._count_busy("previous_epoch")
-                return TDX_PREVIOUS_TLB_EPOCH_BUSY
+            for v in self.vcpus:
+                if v.running_epoch is not None and v.running_epoch < self.td_epoch:
+                    self._count_busy("previous_epoch")
+                    return TDX_PREVIOUS_TLB_EPOCH_BUSY
             self.td_epoch += 1
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.TRACK", None,
@@ -470,7 +504,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = FREE, None, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.PAGE.REMOVE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_sept_remove(self, gfn: int, level: int) -> int:
         """TDH.MEM.SEPT.REMOVE: remove a blocked, tracked non-leaf whose 512 children are FREE."""
@@ -489,7 +524,8 @@ class TdxModule:
             e.state, e.pfn, e.bepoch = FREE, None, None
             return TDX_SUCCESS
         return self._seamcall("TDH.MEM.SEPT.REMOVE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, True), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, True))
 
     def tdh_mem_page_demote(self, gfn: int, level: int, page: int) -> int:
         """TDH.MEM.PAGE.DEMOTE: split a blocked, tracked 2M leaf into a table of 512 4K leaves."""
@@ -510,7 +546,8 @@ class TdxModule:
             return TDX_SUCCESS
         # tdh_mem_page_demote.c: the tree lock is taken shared
         return self._seamcall("TDH.MEM.PAGE.DEMOTE", (gfn, level),
-                              lambda c: self._lock_host_entry(c, gfn, level, False), effect)
+                              self._lock_host_entry, effect,
+                              lock_args=(gfn, level, False))
 
     def tdh_mem_page_promote(self, gfn: int, level: int) -> int:
         """TDH.MEM.PAGE.PROMOTE: merge a blocked, tracked table of 512 4K leaves, all

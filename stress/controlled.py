@@ -25,11 +25,12 @@ import sys
 import threading
 import time
 import traceback
+from _thread import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from core.findings import Recorder
-from core.sched import YIELD_HINTS, Abort, ThreadCtx, mix, set_current
+from core.sched import _LABEL_CODES, YIELD_HINTS, Abort, ThreadCtx, label_code, mix, set_current
 
 if TYPE_CHECKING:
     from .strategies import Strategy
@@ -64,8 +65,8 @@ class EndOfSchedule(Exception):
 
 
 class _Thread:
-    __slots__ = ("index", "name", "fn", "ctx", "baton", "thread", "label", "arg", "ready",
-                 "finished", "error", "started")
+    __slots__ = ("index", "name", "fn", "ctx", "baton", "thread", "ident", "label", "arg",
+                 "ready", "finished", "error", "started")
 
     def __init__(self, index: int, name: str, fn: Callable[[], None]) -> None:
         self.index = index
@@ -75,6 +76,7 @@ class _Thread:
         self.baton = threading.Lock()
         self.baton.acquire()
         self.thread: threading.Thread | None = None
+        self.ident: int | None = None          # the OS thread's identifier, once started
         self.label = "start"
         self.arg: object = None
         self.ready: Callable[[], bool] | None = None
@@ -214,7 +216,9 @@ def waits_for(t: "_Thread") -> str:
 class ControlledScheduler:
     """Runs model threads one at a time under a strategy; see the module docstring.
     ``record_steps`` adds the step log and the decision items to the instruments that
-    every run has (trace hash, preemptions); ``instruments`` adds others."""
+    every run has (trace hash, preemptions); ``instruments`` adds others.  The two that
+    every run has are kept inline by :meth:`op` and :meth:`_dispatch` (what
+    :class:`TraceHash` and :class:`Preemptions` keep, without a call per step)."""
 
     def __init__(self, strategy: Strategy, *, max_steps: int = 200_000,
                  recorder: Recorder | None = None, record_steps: bool = True,
@@ -236,12 +240,15 @@ class ControlledScheduler:
         self.divergence: ScheduleDiverged | None = None
         self.strategy_error: Exception | None = None
         self.view = SchedulerView(self)
-        self._hash, self._preempt = TraceHash(), Preemptions()
+        self._live: list[_Thread] = []      # the threads not finished, in index order
+        self._live_indexes: list[int] = []  # ... and their indexes
+        self._waiting = 0                   # threads parked at an operation with ready()
+        self._trace = 0                     # TraceHash's value, kept by op()
+        self._preemptions = 0               # Preemptions' count, kept by _dispatch()
         self._log = StepLog() if record_steps else None
         self._items = DecisionItems() if record_steps else None
         self.instruments: list[Instrument] = [
-            i for i in (self._hash, self._preempt, self._log, self._items, *instruments)
-            if i is not None]
+            i for i in (self._log, self._items, *instruments) if i is not None]
         self._on_decide = [i for i in self.instruments
                            if type(i).decided is not Instrument.decided]
         self._on_step = [i for i in self.instruments
@@ -252,11 +259,11 @@ class ControlledScheduler:
     # what the built-in instruments kept
     @property
     def trace_hash(self) -> int:
-        return self._hash.value
+        return self._trace
 
     @property
     def preemptions(self) -> int:
-        return self._preempt.count
+        return self._preemptions
 
     @property
     def steps(self) -> list[Step]:
@@ -279,10 +286,14 @@ class ControlledScheduler:
             join_timeout: float = 60.0) -> None:
         """Run the threads to the end (or to an abort) and join them all."""
         self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
+        self._live = list(self.threads)
+        self._live_indexes = [t.index for t in self.threads]
+        self._waiting = 0
         for t in self.threads:
             t.thread = threading.Thread(target=self._body, args=(t,), name=t.name,
                                         daemon=True)
             t.thread.start()
+            t.ident = t.thread.ident
         if self.threads:
             self._dispatch(None)
             self._all_done.wait(join_timeout)
@@ -317,50 +328,41 @@ class ControlledScheduler:
             self.abort_reason = f"{t.name} raised {type(e).__name__}: {e}"
         t.finished = True
         t.label = "exit"
+        self._live.remove(t)
+        self._live_indexes.remove(t.index)
         self._dispatch(t)
 
     def _runnable(self) -> list[_Thread]:
-        return [t for t in self.threads
-                if not t.finished and (t.ready is None or t.ready())]
+        return [t for t in self._live if t.ready is None or t.ready()]
 
     def _dispatch(self, me: _Thread | None) -> _Thread | None:
         """Pick the next thread and hand it the baton; return it.  ``me`` is the thread
         giving the baton up (None at start); it must park unless it was picked."""
+        live = self._live
         if self.aborting:
-            nxt = next((t for t in self.threads if not t.finished), None)
+            nxt = live[0] if live else None
         else:
-            runnable = self._runnable()
-            if not runnable:
-                if all(t.finished for t in self.threads):
+            # every live thread is runnable unless one waits at an operation with ready()
+            indexes = [t.index for t in live if t.ready is None or t.ready()] \
+                if self._waiting else self._live_indexes[:]
+            if not indexes:
+                if not live:
                     nxt = None
                 else:
-                    self._deadlock()
-                    nxt = next((t for t in self.threads if not t.finished), None)
+                    return self._no_runnable(me)
             else:
-                indexes = [t.index for t in runnable]
                 try:
                     idx = self.strategy.choose(self.view, indexes)
-                except ScheduleDiverged as d:
-                    self.divergence = d
-                    self._abort(str(d))
-                    idx = indexes[0]
-                except EndOfSchedule as e:
-                    self._abort(str(e))
-                    idx = indexes[0]
-                except Exception as e:         # a broken strategy: stop, run() raises it
-                    self.strategy_error = e
-                    self._abort(f"the strategy raised {type(e).__name__}: {e}")
-                    idx = indexes[0]
+                except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
+                    idx = self._strategy_stopped(e, indexes)
                 self.schedule.append(idx)
                 nxt = self.threads[idx]
-                item = nxt.ctx.item if nxt.started else -1
-                if me is None:
-                    for ins in self._on_decide:
-                        ins.decided(None, False, idx, indexes, item)
-                else:
-                    yielding = me.label in YIELD_HINTS
-                    for ins in self._on_decide:
-                        ins.decided(me.index, yielding, idx, indexes, item)
+                # Preemptions.decided(), inline
+                if me is not None and idx != me.index and me.label not in YIELD_HINTS \
+                        and me.index in indexes:
+                    self._preemptions += 1
+                if self._on_decide:
+                    self._tell_decided(me, idx, indexes)
         if nxt is None:
             self.current = None
             self._all_done.set()
@@ -370,31 +372,118 @@ class ControlledScheduler:
             nxt.baton.release()
         return nxt
 
+    def _no_runnable(self, me: _Thread | None) -> _Thread | None:
+        """No live thread can take its step: a DEADLOCK; the first live thread gets the
+        baton (from ``me``) to unwind.  Returns it."""
+        self._deadlock()
+        nxt = self._live[0] if self._live else None
+        if nxt is None:
+            self.current = None
+            self._all_done.set()
+            return None
+        self.current = nxt
+        if nxt is not me:
+            nxt.baton.release()
+        return nxt
+
+    def _strategy_stopped(self, e: Exception, indexes: list[int]) -> int:
+        """The strategy raised instead of choosing: end the run (a divergence is kept;
+        any other error than a divergence or the end of a schedule is a broken strategy,
+        which run() raises once the threads have unwound); the lowest runnable thread
+        goes on to unwind."""
+        if isinstance(e, ScheduleDiverged):
+            self.divergence = e
+            self._abort(str(e))
+        elif isinstance(e, EndOfSchedule):
+            self._abort(str(e))
+        else:
+            self.strategy_error = e
+            self._abort(f"the strategy raised {type(e).__name__}: {e}")
+        return indexes[0]
+
+    def _tell_decided(self, me: _Thread | None, idx: int, indexes: list[int]) -> None:
+        """Tell the instruments that watch decisions (not the built-in ones)."""
+        nxt = self.threads[idx]
+        item = nxt.ctx.item if nxt.started else -1
+        if me is None:
+            for ins in self._on_decide:
+                ins.decided(None, False, idx, indexes, item)
+        else:
+            yielding = me.label in YIELD_HINTS
+            for ins in self._on_decide:
+                ins.decided(me.index, yielding, idx, indexes, item)
+
     # ------------------------------------------------------------------ yield point
     def op(self, label: str, arg: object, fn: Callable[[], T],
            ready: Callable[[], bool] | None = None) -> T:
         me = self.current
-        if me is None or threading.current_thread() is not me.thread:
+        if me is None or me.ident != get_ident():
             # A thread the scheduler does not own (setup code on the main thread):
             # nothing to interleave with, just take the step.
             self.step += 1
             return fn()
-        me.label, me.arg, me.ready = label, arg, ready
-        me.ctx.pending = label
-        # Park unless we picked ourselves.  Decide from what *this* dispatch chose, never
+        me.label = label
+        me.arg = arg
+        if ready is not None:           # (me.ready is None between operations)
+            me.ready = ready
+            self._waiting += 1
+        ctx = me.ctx
+        ctx.pending = label
+        # Park unless we picked ourselves.  Decide from what *this* decision chose, never
         # from self.current: the thread we woke may already have handed the baton back.
-        if self._dispatch(me) is not me:
-            me.baton.acquire()
+        if self.aborting:
+            if self._dispatch(me) is not me:
+                me.baton.acquire()
+        else:
+            # _dispatch(me), inline: this thread is live, so the run cannot be over
+            indexes = [t.index for t in self._live if t.ready is None or t.ready()] \
+                if self._waiting else self._live_indexes[:]
+            if not indexes:
+                if self._no_runnable(me) is not me:
+                    me.baton.acquire()
+            else:
+                try:
+                    idx = self.strategy.choose(self.view, indexes)
+                except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
+                    idx = self._strategy_stopped(e, indexes)
+                self.schedule.append(idx)
+                if idx != me.index:
+                    # Preemptions.decided(), inline
+                    if label not in YIELD_HINTS and me.index in indexes:
+                        self._preemptions += 1
+                    if self._on_decide:
+                        self._tell_decided(me, idx, indexes)
+                    nxt = self.current = self.threads[idx]
+                    nxt.baton.release()
+                    me.baton.acquire()
+                elif self._on_decide:
+                    self._tell_decided(me, idx, indexes)
         if self.aborting:
             raise Abort()
-        me.ready = None
-        me.ctx.pending = ""
-        me.ctx.op = label
-        self.step += 1
-        me.ctx.last_step = self.step
+        if ready is not None:
+            me.ready = None
+            self._waiting -= 1
+        ctx.pending = ""
+        ctx.op = label
+        step = self.step + 1
+        self.step = ctx.last_step = step
         result = fn()
-        for ins in self._on_step:
-            ins.step_taken(self.step, me.index, label, arg, result)
+        # TraceHash.step_taken(), inline: mix(value, thread, label)
+        code = _LABEL_CODES.get(label)
+        if code is None:
+            code = label_code(label)
+        self._trace = (self._trace * 1000003 + me.index * 7919 + code) & 0xFFFFFFFFFFFFFFFF
+        if self._on_step:
+            for ins in self._on_step:
+                ins.step_taken(self.step, me.index, label, arg, result)
+        step = self.step
+        if not step & 1023 or step >= self.max_steps:
+            self._budget()
+        return result
+
+    def _budget(self) -> None:
+        """At every 1024th step and past ``max_steps``: the campaign's time (cut short)
+        and the step limit (a HANG) end the run here."""
         if self.deadline is not None and not self.step & 1023 and not self.aborting \
                 and time.monotonic() > self.deadline:
             self._abort(CUT_SHORT)
@@ -402,7 +491,6 @@ class ControlledScheduler:
         if self.step >= self.max_steps and not self.aborting:
             self._hang()
             raise Abort()
-        return result
 
     # ------------------------------------------------------------------ ends
     def abort(self, reason: str) -> None:

@@ -41,10 +41,10 @@ class TdpMmu(BaseMmu):
         level = sp.level
         step = level_pages(level)
         for i in range(512):
-            gfn = sp.gfn + i * step
             old = self._freeze_child(sp, i, shared)
             if old is None or not external:
                 continue
+            gfn = sp.gfn + i * step
             self.handle_changed_spte(sp, gfn, old, FROZEN_SPTE, level, shared)
         if sp.is_mirror and external:
             kvm.tdx.free_external_spt(sp)
