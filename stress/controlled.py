@@ -363,20 +363,16 @@ class ControlledScheduler:
                     self._preemptions += 1
                 if self._on_decide:
                     self._tell_decided(me, idx, indexes)
-        if nxt is None:
-            self.current = None
-            self._all_done.set()
-            return None
-        self.current = nxt
-        if nxt is not me:
-            nxt.baton.release()
-        return nxt
+        return self._hand_to(nxt, me)
 
     def _no_runnable(self, me: _Thread | None) -> _Thread | None:
         """No live thread can take its step: a DEADLOCK; the first live thread gets the
         baton (from ``me``) to unwind.  Returns it."""
         self._deadlock()
-        nxt = self._live[0] if self._live else None
+        return self._hand_to(self._live[0] if self._live else None, me)
+
+    def _hand_to(self, nxt: _Thread | None, me: _Thread | None) -> _Thread | None:
+        """Give the baton to ``nxt`` (from ``me``); None: the run is over."""
         if nxt is None:
             self.current = None
             self._all_done.set()

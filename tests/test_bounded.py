@@ -38,6 +38,11 @@ def program(nthreads: int, nops: int, objects=None):
     return execute, outcomes
 
 
+def _interleavings(nthreads: int, steps: int) -> set[tuple[int, ...]]:
+    """Every order of ``steps`` steps of each of ``nthreads`` threads."""
+    return set(itertools.permutations([t for t in range(nthreads) for _ in range(steps)]))
+
+
 def brute_force(nthreads: int, nops: int, bound: int) -> int:
     """Schedules of ``nthreads`` threads of ``nops`` operations with at most ``bound``
     preemptions, counted by enumerating every interleaving of their steps (a thread's
@@ -45,8 +50,7 @@ def brute_force(nthreads: int, nops: int, bound: int) -> int:
     left at one preemption."""
     steps = nops + 1
     count = 0
-    seq = [t for t in range(nthreads) for _ in range(steps)]
-    for order in set(itertools.permutations(seq)):
+    for order in _interleavings(nthreads, steps):
         left = [steps] * nthreads
         cost, prev = 0, None
         for t in order:
@@ -75,8 +79,7 @@ def brute_force_delays(nthreads: int, nops: int, bound: int) -> int:
     threads of that order costs j."""
     steps = nops + 1
     count = 0
-    seq = [t for t in range(nthreads) for _ in range(steps)]
-    for order in set(itertools.permutations(seq)):
+    for order in _interleavings(nthreads, steps):
         left = [steps] * nthreads
         cost, cur = 0, None
         for t in order:
