@@ -88,9 +88,9 @@ def hunt_stop(variant: str) -> StopOn:
 # PCT's horizons of a configuration are learned from up to this many PCT runs on seeds of their
 # own (CALIBRATION_SEED + 2i), so it depends on the configuration alone: a seed run
 # again, alone or in any campaign, gets the same k and the same schedule
-CALIBRATION_RUNS = 12
+CALIBRATION_RUNS = 8
 CALIBRATION_SEED = 1 << 40
-CALIBRATION_STEPS = 400_000     # calibration takes at most about this many steps in all
+CALIBRATION_STEPS = 200_000     # calibration takes at most about this many steps in all
 _LEARNED: dict[tuple, int] = {}
 
 
