@@ -10,6 +10,7 @@ campaign, see :func:`reports.rundir.lane_path`), or passed in as ``lanes={signat
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .html import render_html
@@ -18,6 +19,9 @@ from .markdown import render_markdown
 from .rundir import JUNIT, REPORT_HTML, REPORT_MD, read_lanes, read_resources, write_atomic
 
 PLOT_HINT = "pip install 'tdx-stress[plot]'"
+# "0" leaves the plots out (a CI job that never opens report.html saves about a second
+# per report: importing matplotlib and laying out three figures)
+PLOTS_ENV = "TDX_STRESS_PLOTS"
 
 
 def write_reports(summary: dict, out: Path, junit: Path | None = None, *,
@@ -48,6 +52,8 @@ def write_reports(summary: dict, out: Path, junit: Path | None = None, *,
 
 def draw_plots(summary: dict, resources: list[dict]) -> tuple[list, str]:
     """The plots (``reports.plots.Plot``) and, when there are none, why not."""
+    if os.environ.get(PLOTS_ENV, "").strip() == "0":
+        return [], f"Plots were left out (${PLOTS_ENV}=0). The tables hold the same data."
     try:
         from .plots import draw
         return draw(summary, resources), ""

@@ -20,6 +20,11 @@ collect_ignore = ["patches"]
 # "import file mismatch"; their doctests then run on the installed copy, the code tested.
 os.environ.setdefault("PY_IGNORE_IMPORTMISMATCH", "1")
 
+# report.html's plots cost about a second per report (matplotlib's import and layout),
+# some 45 s of the suite's wall time on two cores; only tests/test_reports.py, which
+# tests them, draws them (its fixture lifts this).  Set it to 1 to draw them everywhere.
+os.environ.setdefault("TDX_STRESS_PLOTS", "0")
+
 
 def _tiers(node: pytest.Item | pytest.Collector) -> list[str]:
     return sorted({m.name for m in node.own_markers if m.name in TIERS})

@@ -15,7 +15,7 @@ import pytest
 
 from core.oracle import EXPECTED
 from reports import rundir
-from reports.render import PLOT_HINT, write_reports
+from reports.render import PLOT_HINT, PLOTS_ENV, write_reports
 from reports.rundir import copy_findings, lane_path, load_summary
 from reports.summary import merge_summaries
 
@@ -29,6 +29,14 @@ CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium; CI "
                              "installs it): the report cannot be opened in a real browser")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def with_plots():
+    """The suite leaves plots out (tests/conftest.py); here they are the subject."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(PLOTS_ENV, raising=False)
+        yield
 
 
 def write_lanes(d: Path) -> int:
@@ -210,6 +218,16 @@ def test_without_matplotlib_the_report_is_complete_as_tables(run_dir, tmp_path,
     n = len(summary_of(d)["findings"])
     assert page.count('<section class="finding"') == n
     assert page.count('<pre class="lane">') == n
+
+
+@pytest.mark.timeout(120)
+def test_plots_left_out_on_request_say_so(run_dir, tmp_path, monkeypatch):
+    d = copy_run(run_dir, tmp_path / "run")
+    monkeypatch.setenv(PLOTS_ENV, "0")
+    write_reports(load_summary(d), d)
+    page = (d / "report.html").read_text()
+    assert "<svg" not in page and '<table id="timeline">' in page
+    assert f"${PLOTS_ENV}=0" in page and f"${PLOTS_ENV}=0" in (d / "report.md").read_text()
 
 
 @pytest.mark.timeout(120)
