@@ -35,7 +35,7 @@ def main() -> int:
     a = ap.parse_args()
     p = a.preemptions
     print(f"{'workload':<9}| {'hunt: executions to its finding':>34} | "
-          f"{'hugepage-rfc, P=' + str(p) + ': schedules run + pruned':>40} | seconds")
+          f"{'hugepage-rfc, P=' + str(p) + ': schedules run + pruned':>52} | seconds")
     for name, w in SMALL.items():
         hit = get_variant(w.hunt).hunt_hit
         h = explore(execute_for(name, w.hunt), p, stop_on=hit)
@@ -43,11 +43,11 @@ def main() -> int:
         hunt = (f"{w.hunt} {h.executions_total:,} ({h.elapsed_s:.2f} s)" if found
                 else f"{w.hunt} not found")
         clean = explore(execute_for(name, "hugepage-rfc"), p)
-        walk = f"{clean.schedules:,} + {clean.pruned:,}"
+        walk = f"{clean.schedules:,} + {clean.pruned:,} (all walks {clean.executions_total:,})"
         if a.no_prune:
             full = explore(execute_for(name, "hugepage-rfc"), p, prune=False)
             walk += f" (unpruned {full.schedules:,})"
-        print(f"{name:<9}| {hunt:>34} | {walk:>40} | {clean.elapsed_s:.1f}", flush=True)
+        print(f"{name:<9}| {hunt:>34} | {walk:>52} | {clean.elapsed_s:.1f}", flush=True)
         print(f"{'':<9}  {clean.statement()}", flush=True)
     return 0
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.sctbench import FIXED, PROGRAMS, Direct, Program, RealMutex  # noqa: E402
 from bench.sctbench.run import Outcome, execute  # noqa: E402
 from core.sched import ThreadCtx, set_current  # noqa: E402
-from stress.bounded import BoundedStrategy  # noqa: E402
+from stress.bounded import walks  # noqa: E402
 from stress.strategies import PCTStrategy, RandomStrategy, Strategy  # noqa: E402
 
 
@@ -76,11 +76,12 @@ def sct_footprint(thread: int, label: str, arg: object):
 def bounded(preemptions: int, iterative: bool = True, bound: str = "preemptions"
             ) -> Callable[[Program, int, int], Iterable[Strategy]]:
     """Every schedule with at most ``preemptions`` preemptions (stress.bounded; with
-    ``iterative``, the bounds 0..P in turn): one strategy object, one execution per
-    item; the iterable ends when the walk is complete."""
+    ``iterative``, the walks of :func:`stress.bounded.walks`: the bounds 0..P in turn,
+    round-robin free choices first): one strategy object, one execution per item; the
+    iterable ends when the last walk is complete."""
     def make(program: Program, base: int, k: int) -> Iterable[Strategy]:
-        for p in (range(preemptions + 1) if iterative else (preemptions,)):
-            b = BoundedStrategy(p, footprint=sct_footprint, exit_conflicts=False, bound=bound)
+        for b in walks(preemptions, iterative=iterative, footprint=sct_footprint,
+                       exit_conflicts=False, bound=bound):
             while b.next_execution():
                 yield b
     return make

@@ -17,6 +17,19 @@ lets the others run); if it finished or waits (a lock, a kick) there is no defau
 Taking anything but an existing default costs one preemption; choices where there is no
 default are free, so they are all explored.
 
+**Free choices, deepening.**  Free choices multiply: ``n`` threads that run to their
+end without a preemption can end in ``n!`` orders, and a depth-first walk meets a
+preemption near the start of a run only after every order below it.  So an iterative
+walk (:func:`walks`) first takes the *round-robin* choice at every free decision (the
+next runnable thread after the one that stopped, in index order, as a non-preemptive
+round-robin scheduler would), then allows one other choice, then any: walks with
+``free=0``, ``free=1``, ``free=None``, each over the preemption bounds 0..P.  A walk
+that never had to refuse a free choice for its ``free`` budget has run every schedule
+of its preemption bound, and the larger budgets skip that bound.  The last walk is an
+ordinary complete one; the earlier ones only make a bug with few preemptions and few
+free deviations show first (SCTBench's reorder_10: after a few dozen schedules instead
+of more than 10! orders of its ten threads).
+
 **Pruning.**  Two schedules that differ only in the order of *independent* steps reach
 the same state (Mazurkiewicz traces; the model is deterministic).  Each execution keeps
 a hash of its happens-before graph (every step with its conflicting predecessors, a
@@ -52,7 +65,7 @@ from __future__ import annotations
 import time
 from hashlib import blake2b
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Iterator
 
 from core.findings import Finding
 from core.sched import YIELD_HINTS, label_code
@@ -123,19 +136,17 @@ def model_footprint(thread: int, label: str, arg: object) -> tuple[Hashable, boo
 
 
 class _Node:
-    """One decision of the walk: what could run, what each choice costs, what is chosen,
-    what is left to try, and the cost spent before it."""
-    __slots__ = ("runnable", "prices", "chosen", "todo", "cost")
+    """One decision of the walk: what could run, what each choice costs (preemptions or
+    delays, and free deviations), what is chosen and what is left to try."""
+    __slots__ = ("runnable", "prices", "fprices", "chosen", "todo")
 
-    def __init__(self, runnable: list[int], prices: dict[int, int], cost: int) -> None:
+    def __init__(self, runnable: list[int], prices: dict[int, int],
+                 fprices: dict[int, int] | None) -> None:
         self.runnable = runnable
         self.prices = prices
-        self.cost = cost
+        self.fprices = fprices
         self.chosen = -1
         self.todo: list[int] = []
-
-    def price(self, choice: int) -> int:
-        return self.prices[choice]
 
 
 class BoundedStrategy(Strategy):
@@ -153,7 +164,7 @@ class BoundedStrategy(Strategy):
     def __init__(self, preemptions: int, *,
                  footprint: Callable[[int, str, object], tuple[Hashable, bool] | None]
                  = model_footprint, prune: bool = True, exit_conflicts: bool = True,
-                 bound: str = "preemptions") -> None:
+                 bound: str = "preemptions", free: int | None = None) -> None:
         # exit_conflicts: a thread's end conflicts with everything (the model's threads
         # update shared bookkeeping just before they end: the running-zapper count);
         # a program whose threads end without touching anything may say False
@@ -162,6 +173,10 @@ class BoundedStrategy(Strategy):
             raise ValueError(f"unknown bound {bound!r}: preemptions or delays")
         self.bound = bound
         self.preemptions = preemptions      # the budget, in preemptions or delays
+        if free is not None and (bound != "preemptions" or free < 0):
+            raise ValueError("a free-choice budget goes with a preemption bound, >= 0")
+        self.free = free                    # deviations from round robin at free choices
+        self.cut = False                    # a free choice was refused for that budget
         self._slack = 1
         self.footprint = footprint
         self.prune = prune
@@ -178,6 +193,7 @@ class BoundedStrategy(Strategy):
     def _reset(self) -> None:
         self.pos = 0
         self.cost = 0
+        self.fcost = 0
         self.hb = 0
         self.events: dict[int, int] = {}             # thread -> steps taken
         self.objects: dict[Hashable, tuple[tuple[int, int], list]] = {}
@@ -238,7 +254,9 @@ class BoundedStrategy(Strategy):
             node = self._new_node(view, cur, runnable)
             self.path.append(node)
         choice = node.chosen
-        self.cost += node.price(choice)
+        self.cost += node.prices[choice]
+        if node.fprices is not None:
+            self.fcost += node.fprices[choice]
         self.pos += 1
         if view.started(choice):
             self._fold(choice, view.label(choice), view.arg(choice))
@@ -265,28 +283,54 @@ class BoundedStrategy(Strategy):
                 else:
                     default = cur
             prices = {t: 0 if default is None or t == default else 1 for t in runnable}
-        node = _Node(list(runnable), prices, self.cost)
-        order = sorted(runnable, key=lambda i: (prices[i], i))
-        allowed = [i for i in order if self.cost + prices[i] <= self.preemptions]
+        fprices: dict[int, int] | None = None
+        if self.free is not None:
+            fprices = dict.fromkeys(runnable, 0)
+            if self.bound == "preemptions" and (cur is None or cur not in runnable):
+                # a free choice: round robin goes to the next runnable thread after the
+                # one that stopped; any other costs one free deviation
+                after = -1 if cur is None else cur
+                rr = min(runnable, key=lambda i: (i <= after, i))
+                fprices = {t: 0 if t == rr else 1 for t in runnable}
+        node = _Node(list(runnable), prices, fprices)
+        if fprices is None:
+            order = sorted(runnable, key=lambda i: (prices[i], i))
+            allowed = [i for i in order if self.cost + prices[i] <= self.preemptions]
+        else:
+            order = sorted(runnable, key=lambda i: (prices[i], fprices[i], i))
+            allowed = [i for i in order if self.cost + prices[i] <= self.preemptions]
+            within = [i for i in allowed if self.fcost + fprices[i] <= self.free]
+            if len(within) < len(allowed):
+                self.cut = True
+            allowed = within
         node.chosen = allowed[0]
         node.todo = allowed[1:]
         return node
 
     def _seen(self, cur: int | None) -> bool:
         """Has this happens-before graph been reached before at no greater cost (see the
-        module docstring)?  Records this visit otherwise."""
+        module docstring)?  Records this visit otherwise.  A cost is a pair (preemptions
+        or delays, free deviations): a visit prunes another whose costs are both at
+        least its own."""
         who = -1 if cur is None else cur
+        p, f = self.cost, self.fcost
         entry = self.cache.get(self.hb)
         if entry is None:
-            self.cache[self.hb] = {who: self.cost, -2: self.cost}
+            self.cache[self.hb] = {who: [(p, f)], -2: [(p, f)]}
             return False
-        same = entry.get(who)
-        # after the first decision the current thread is the same: costs can differ by
-        # that decision's price only (one preemption, or up to threads - 1 delays)
-        if (same is not None and same <= self.cost) or entry[-2] + self._slack <= self.cost:
+        mine = entry.get(who)
+        if mine is not None and any(p0 <= p and f0 <= f for p0, f0 in mine):
             return True
-        entry[who] = self.cost if same is None else min(same, self.cost)
-        entry[-2] = min(entry[-2], self.cost)
+        # after the first decision the current thread is the same: costs can differ by
+        # that decision's price only (one preemption, or up to threads - 1 delays, and
+        # one free deviation)
+        fs = 0 if self.free is None else 1
+        if any(p0 + self._slack <= p and f0 + fs <= f for p0, f0 in entry[-2]):
+            return True
+        for key in (who, -2):
+            kept = [(p0, f0) for p0, f0 in entry.get(key, ()) if p0 < p or f0 < f]
+            kept.append((p, f))
+            entry[key] = kept
         return False
 
     def _fold(self, thread: int, label: str, arg: object) -> None:
@@ -330,6 +374,7 @@ class Exploration:
     whether it was complete, and the first schedule of each finding."""
     preemptions: int
     bound: int = 0                      # the bound of the last walk (iterative: 0..P)
+    free: int | None = None             # its free-choice budget, when that cut it
     executions_total: int = 0           # executions of every walk
     schedules: int = 0
     pruned: int = 0
@@ -342,8 +387,11 @@ class Exploration:
 
     def statement(self) -> str:
         """The completeness statement, one sentence."""
+        free = ("" if self.free is None else
+                " and round-robin free choices" if self.free == 0 else
+                f" and at most {self.free} other free choice{'s' if self.free != 1 else ''}")
         what = (f"{self.schedules:,} schedules with at most {self.bound} "
-                f"preemption{'s' if self.bound != 1 else ''} run to the end, "
+                f"preemption{'s' if self.bound != 1 else ''}{free} run to the end, "
                 f"{self.pruned:,} more cut as equivalent to one of them")
         if self.complete:
             verdict = ("none fires" if not self.findings else
@@ -352,11 +400,35 @@ class Exploration:
         return f"incomplete ({self.stopped}): {what} so far."
 
     def to_dict(self) -> dict:
-        return {"preemptions": self.preemptions, "bound": self.bound,
+        return {"preemptions": self.preemptions, "bound": self.bound, "free": self.free,
                 "executions_total": self.executions_total, "schedules": self.schedules,
                 "pruned": self.pruned, "complete": self.complete, "stopped": self.stopped,
                 "max_depth": self.max_depth, "elapsed_s": round(self.elapsed_s, 3),
                 "first_finding_at": self.first_finding_at}
+
+
+def walks(preemptions: int, *, iterative: bool = True, **kw) -> Iterator[BoundedStrategy]:
+    """The walks of a bounded exploration, in order, each a fresh
+    :class:`BoundedStrategy` to run until its ``next_execution()`` says False (or until
+    the caller stops).  Not ``iterative``: one walk of every schedule with at most
+    ``preemptions`` preemptions.  ``iterative``: the bounds 0..P with round-robin free
+    choices (``free=0``), again with one other free choice allowed, again with any; a
+    bound whose walk refused no free choice is complete and skipped after.  Keywords go
+    to :class:`BoundedStrategy` (with ``bound="delays"`` the walks are the bounds 0..P:
+    delay bounding prices every choice already)."""
+    bounds = range(preemptions + 1) if iterative else (preemptions,)
+    frees: tuple[int | None, ...] = (None,)
+    if iterative and kw.get("bound", "preemptions") == "preemptions":
+        frees = (0, 1, None)
+    done: set[int] = set()
+    for free in frees:
+        for p in bounds:
+            if p in done:
+                continue
+            b = BoundedStrategy(p, free=free, **kw)
+            yield b
+            if b.complete and not b.cut:
+                done.add(p)
 
 
 def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]],
@@ -371,8 +443,9 @@ def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]
     or a finding ``stop_on`` accepts ends it first).
 
     ``iterative`` (CHESS's iterative context bounding) walks the bounds 0, 1, ..., P in
-    turn, so a bug that needs few preemptions is met after few executions; the figures
-    of the statement are the last walk's, ``executions_total`` counts every walk.
+    turn, first with round-robin free choices (see :func:`walks`), so a bug that needs
+    few preemptions is met after few executions; the figures of the statement are the
+    last walk's, ``executions_total`` counts every walk.
 
     ``execute`` builds the program afresh, runs it under the strategy and returns its
     findings and its decisions (the schedule that replays it).  Findings are kept by
@@ -381,8 +454,8 @@ def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]
     seen: set[str] = set()
     t0 = time.monotonic()
     total = 0
-    for bound in (range(preemptions + 1) if iterative else (preemptions,)):
-        b = BoundedStrategy(bound, prune=prune, footprint=footprint)
+    for b in walks(preemptions, iterative=iterative, prune=prune, footprint=footprint):
+        bound = b.preemptions
         hit = False
         while True:
             if max_executions is not None and total >= max_executions:
@@ -408,9 +481,9 @@ def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]
             if hit:
                 out.stopped = "stop on the finding"
                 break
-        out.bound = bound
+        out.bound, out.free = bound, (b.free if b.cut else None)
         out.schedules, out.pruned = b.schedules, b.pruned
-        out.complete = b.complete and bound == preemptions
+        out.complete = b.complete and bound == preemptions and out.free is None
         out.max_depth = max(out.max_depth, b.max_depth)
         if out.stopped:
             break
@@ -419,5 +492,5 @@ def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]
     return out
 
 
-__all__ = ["BoundedStrategy", "Exploration", "explore", "model_footprint", "NonDeterminism",
+__all__ = ["BoundedStrategy", "Exploration", "explore", "walks", "model_footprint", "NonDeterminism",
            "PRUNED"]

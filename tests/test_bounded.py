@@ -43,22 +43,29 @@ def _interleavings(nthreads: int, steps: int) -> set[tuple[int, ...]]:
     return set(itertools.permutations([t for t in range(nthreads) for _ in range(steps)]))
 
 
-def brute_force(nthreads: int, nops: int, bound: int) -> int:
+def brute_force(nthreads: int, nops: int, bound: int, free: int | None = None) -> int:
     """Schedules of ``nthreads`` threads of ``nops`` operations with at most ``bound``
     preemptions, counted by enumerating every interleaving of their steps (a thread's
     first step is its start) and pricing each switch away from a thread that had steps
-    left at one preemption."""
+    left at one preemption.  With ``free``, also at most ``free`` free choices (the
+    first, and each after a thread ended) that are not round robin's: the next thread
+    after the one that ended, in index order (the lowest at the start)."""
     steps = nops + 1
     count = 0
     for order in _interleavings(nthreads, steps):
         left = [steps] * nthreads
-        cost, prev = 0, None
+        cost, fcost, prev = 0, 0, None
         for t in order:
             if prev is not None and t != prev and left[prev] > 0:
                 cost += 1
+            if prev is None or left[prev] == 0:
+                after = -1 if prev is None else prev
+                rr = min((i for i in range(nthreads) if left[i] > 0),
+                         key=lambda i: (i <= after, i))
+                fcost += t != rr
             left[t] -= 1
             prev = t
-        count += cost <= bound
+        count += cost <= bound and (free is None or fcost <= free)
     return count
 
 
@@ -71,6 +78,48 @@ def test_walk_runs_exactly_the_schedules_within_the_bound(nthreads, nops):
         e = explore(execute, bound, prune=False, iterative=False)
         assert e.complete and e.pruned == 0
         assert e.schedules == brute_force(nthreads, nops, bound), (nthreads, nops, bound)
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nthreads,nops", [(3, 1), (3, 2)])
+def test_a_free_choice_budget_runs_exactly_its_schedules_and_says_when_it_cut(nthreads,
+                                                                               nops):
+    """Deepening over free choices (stress.bounded.walks): a walk with at most ``free``
+    non-round-robin free choices runs exactly the schedules brute force counts, and says
+    it cut (``cut``) exactly when that is fewer than the walk without the budget."""
+    from stress.bounded import BoundedStrategy
+    for bound in range(3):
+        every = brute_force(nthreads, nops, bound)
+        for free in range(3):
+            execute, _ = program(nthreads, nops)
+            b = BoundedStrategy(bound, prune=False, free=free)
+            n = 0
+            while b.next_execution():
+                execute(b)
+                n += 1
+            want = brute_force(nthreads, nops, bound, free)
+            assert b.complete and n == want, (nthreads, nops, bound, free, n, want)
+            assert b.cut == (want < every), (bound, free, want, every)
+    assert brute_force(nthreads, nops, 0, 0) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
+def test_iterative_walks_end_with_the_complete_walk_and_lose_no_outcome():
+    """The iterative plan (free budgets 0, 1, any over the bounds 0..P) ends complete,
+    with the same last-walk figures and the same outcomes as one plain walk."""
+    objects = lambda t, k: "shared" if k == 1 else f"own{t}"   # noqa: E731
+    fp = lambda t, label, arg: (label, True)   # noqa: E731
+    for bound in range(3):
+        plain, plain_out = program(3, 3, objects)
+        deep, deep_out = program(3, 3, objects)
+        e_plain = explore(plain, bound, iterative=False, footprint=fp)
+        e_deep = explore(deep, bound, footprint=fp)
+        assert e_plain.complete and e_deep.complete, e_deep.statement()
+        assert (e_deep.schedules, e_deep.pruned) == (e_plain.schedules, e_plain.pruned)
+        assert set(deep_out) == set(plain_out)
+        assert e_deep.executions_total > e_plain.executions_total
 
 
 def brute_force_delays(nthreads: int, nops: int, bound: int) -> int:
