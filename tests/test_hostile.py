@@ -326,11 +326,12 @@ def test_fuzz_the_command_line_with_bad_repro_files(hunted, tmp_path, command):
 
 
 # ---------------------------------------------------------------------- signals
-def _spawn(args, cwd):
+def _spawn(args, cwd, **env):
     # a session of its own: a signal to its process group reaches it and its children
     # (workers, multiprocessing's resource tracker), never pytest
-    return subprocess.Popen(_cmd(args), cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(_cmd(args), cwd=cwd, env=dict(_env(), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _stopped_by(p, sig, after: float = 2.0, group: bool = False) -> tuple[int, str, float]:
@@ -419,7 +420,9 @@ def test_report_stops_on_a_signal_with_the_merge_marked_interrupted(many_shards,
     directory's summary is on disk marked interrupted, never one that looks complete."""
     import time
     out = tmp_path / "merged"
-    p = _spawn(["report", *many_shards, "-o", out], tmp_path)
+    # with its plots (the suite leaves them out): drawing them is most of a merge's time,
+    # so the signal lands in the merge and not after it
+    p = _spawn(["report", *many_shards, "-o", out], tmp_path, TDX_STRESS_PLOTS="1")
     t0 = time.monotonic()
     while not (out / ".tdx-stress-run").exists() and time.monotonic() - t0 < 60:
         assert p.poll() is None, p.communicate()
