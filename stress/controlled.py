@@ -148,27 +148,23 @@ def _give_back(w: _Worker) -> None:
 
 
 class SchedulerView:
-    """What a strategy may read of a controlled run, and nothing it could change."""
-    __slots__ = ("_s",)
+    """What a strategy may read of a controlled run, and nothing it could change.
+
+    ``current``: the thread giving up the baton (None at the start); ``current_label``:
+    the operation it is about to take ("" at the start).  These two are read at nearly
+    every decision, so they are plain attributes that the scheduler sets before it asks
+    the strategy (in :meth:`ControlledScheduler.op` and ``_dispatch``) rather than
+    properties."""
+    __slots__ = ("_s", "current", "current_label")
 
     def __init__(self, sched: "ControlledScheduler") -> None:
         self._s = sched
+        self.current: int | None = None
+        self.current_label = ""
 
     @property
     def step(self) -> int:
         return self._s.step
-
-    @property
-    def current(self) -> int | None:
-        """The thread giving up the baton (None at the start)."""
-        cur = self._s.current
-        return cur.index if cur is not None else None
-
-    @property
-    def current_label(self) -> str:
-        """The operation the current thread is about to take ("" at the start)."""
-        cur = self._s.current
-        return cur.label if cur is not None else ""
 
     @property
     def names(self) -> list[str]:
@@ -422,8 +418,13 @@ class ControlledScheduler:
                 else:
                     return self._no_runnable(me)
             else:
+                view = self.view
+                if me is None:
+                    view.current, view.current_label = None, ""
+                else:
+                    view.current, view.current_label = me.index, me.label
                 try:
-                    idx = self.strategy.choose(self.view, indexes)
+                    idx = self.strategy.choose(view, indexes)
                 except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
                     idx = self._strategy_stopped(e, indexes)
                 self.schedule.append(idx)
@@ -509,8 +510,11 @@ class ControlledScheduler:
                 if self._no_runnable(me) is not me:
                     me.baton.acquire()
             else:
+                view = self.view
+                view.current = me.index
+                view.current_label = label
                 try:
-                    idx = self.strategy.choose(self.view, indexes)
+                    idx = self.strategy.choose(view, indexes)
                 except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
                     idx = self._strategy_stopped(e, indexes)
                 self.schedule.append(idx)

@@ -136,24 +136,34 @@ class PCTStrategy(Strategy):
         self._low = 0.0
         self._burst = 0          # steps left in a spin hint's burst
         self._burst_to = -1
+        self._sync_of: dict[str, bool] = {}  # label -> sync(label), asked once a label
 
     def choose(self, view: SchedulerView, runnable: list[int]) -> int:
+        priorities = self.priorities
         for i in runnable:
-            if i not in self.priorities:
+            if i not in priorities:
                 # fresh threads get a random priority above every changed one
-                self.priorities[i] = 1.0 + self.rng.random()
+                priorities[i] = 1.0 + self.rng.random()
         cur, label = view.current, view.current_label
-        if cur is not None and label != "exit" and (self.sync is None or self.sync(label)):
-            self.sync_steps += 1
-            while self.change_points and self.sync_steps >= self.change_points[0]:
-                self.change_points.pop(0)
-                if cur in self.priorities:
-                    self._demote(cur)
+        if cur is not None and label != "exit":
+            # self.sync(label), asked once per label (sync is a function of the label)
+            counts = self._sync_of.get(label)
+            if counts is None:
+                counts = self._sync_of[label] = self.sync is None or bool(self.sync(label))
+            if counts:
+                self.sync_steps += 1
+                while self.change_points and self.sync_steps >= self.change_points[0]:
+                    self.change_points.pop(0)
+                    if cur in priorities:
+                        self._demote(cur)
         if self._burst and self._burst_to in runnable:
             self._burst -= 1
             return self._burst_to
         self._burst = 0
-        if cur is not None and label in YIELD_HINTS and len(runnable) > 1:
+        if len(runnable) == 1:
+            # max() over one thread (a spin hint needs another to give the burst to)
+            return runnable[0]
+        if cur is not None and label in YIELD_HINTS:
             # A spinning thread waits for others.  Give a random other thread a burst of
             # steps, then come back: the spinner keeps its priority (so it really spins,
             # as a vCPU bouncing off an invalid memslot does until zero-step arms), and
@@ -162,7 +172,14 @@ class PCTStrategy(Strategy):
             self._burst_to = others[0] if len(others) == 1 else self.rng.choice(others)
             self._burst = self.rng.randrange(0, BURST)
             return self._burst_to
-        return max(runnable, key=lambda i: self.priorities[i])
+        # max(runnable, key=priorities.__getitem__), written out: the first highest
+        best = runnable[0]
+        top = priorities[best]
+        for i in runnable:
+            p = priorities[i]
+            if p > top:
+                best, top = i, p
+        return best
 
     def _demote(self, index: int) -> None:
         self._low -= 1.0
