@@ -239,7 +239,12 @@ class TdxModule:
             if state in LEAF_STATES:
                 return None, TDX_PAGE_SIZE_MISMATCH
             return None, TDX_EPT_WALK_FAILED
-        return self.entry(gfn, level), TDX_SUCCESS
+        # self.entry(gfn, level), inline
+        key = (level, gfn & -(1 << (9 * (level - 1))))
+        e = entries.get(key)
+        if e is None:
+            e = entries[key] = SeptEntry()
+        return e, TDX_SUCCESS
 
     def leaf_of(self, gfn: int) -> tuple[int, SeptEntry] | None:
         """The leaf mapping ``gfn`` at any level, if the walk reaches one."""
@@ -341,10 +346,17 @@ class TdxModule:
         call = _Call(name, guest, vcpu)
 
         def step1() -> int:
+            # the counts: calls[name] = calls.get(name, 0) + 1, without a call each
             calls = self.calls
-            calls[name] = calls.get(name, 0) + 1
+            try:
+                calls[name] += 1
+            except KeyError:
+                calls[name] = 1
             by = self.calls_by_phase[self.phase]
-            by[name] = by.get(name, 0) + 1
+            try:
+                by[name] += 1
+            except KeyError:
+                by[name] = 1
             # (_inject() is False at once without a busy rate: not called then)
             if injectable and not self.busy_rate <= 0.0 and self._inject():
                 self._count_busy(SRC_INJECTED)
@@ -354,8 +366,9 @@ class TdxModule:
                 self._release(call)
             return err
 
-        label = _LOCK_LABEL.get(name)
-        if label is None:
+        try:
+            label = _LOCK_LABEL[name]
+        except KeyError:
             label = _LOCK_LABEL[name] = name + ":lock"
         err = self._sched.op(label, arg, step1)
         if err:
@@ -365,7 +378,25 @@ class TdxModule:
             try:
                 return effect(call)
             finally:
-                self._release(call)
+                # self._release(call), written out
+                entries = call.entries
+                if entries:
+                    for e in entries:
+                        if e.lock is call:
+                            e.lock = None
+                    entries.clear()
+                held = call.held
+                if held:
+                    for lock, excl in held:
+                        # lock.release(excl), written out (TryRwLock.release)
+                        if excl:
+                            lock.excl = None
+                        else:
+                            lock.shared -= 1
+                    held.clear()
+                if call.tdvpr is not None:
+                    call.tdvpr.tdvpr_lock = None
+                    call.tdvpr = None
 
         return self._sched.op(name, arg, step2)
 
@@ -385,9 +416,13 @@ class TdxModule:
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
-        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out
-        if not self.tdr.take(call, False):
+        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out, with the
+        # TDR's shared take (TryRwLock.take(call, False)) inline
+        tdr = self.tdr
+        if tdr.excl is not None:
             return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
+        tdr.shared += 1
+        call.held.append((tdr, False))
         if not self.tree.take(call, tree_excl):
             return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
                               TDX_OPERAND_ID_SEPT)

@@ -540,8 +540,9 @@ class ControlledScheduler:
         self.step = ctx.last_step = step
         result = fn()
         # TraceHash.step_taken(), inline: mix(value, thread, label)
-        code = _LABEL_CODES.get(label)
-        if code is None:
+        try:
+            code = _LABEL_CODES[label]
+        except KeyError:
             code = label_code(label)
         self._trace = (self._trace * 1000003 + me.index * 7919 + code) & 0xFFFFFFFFFFFFFFFF
         if self._on_step:
