@@ -254,6 +254,10 @@ class DecisionItems(Instrument):
         self.items.append(item)
 
 
+def _index_of(t: _Thread) -> int:
+    return t.index
+
+
 # frames of the scheduler and of the thread machinery, left out of a thread's stack
 _MACHINERY = ("stress/controlled.py", "core/sched.py", "/threading.py")
 
@@ -301,6 +305,7 @@ class ControlledScheduler:
         self._live: list[_Thread] = []      # the threads not finished, in index order
         self._live_indexes: list[int] = []  # ... and their indexes
         self._waiting = 0                   # threads parked at an operation with ready()
+        self._waiters: list[_Thread] = []   # ... those threads, in index order
         self._trace = 0                     # TraceHash's value, kept by op()
         self._preemptions = 0               # Preemptions' count, kept by _dispatch()
         self._log = StepLog() if record_steps else None
@@ -347,6 +352,7 @@ class ControlledScheduler:
         self._live = list(self.threads)
         self._live_indexes = [t.index for t in self.threads]
         self._waiting = 0
+        self._waiters = []
         for t in self.threads:
             w = _take_worker()
             t.thread = w.thread
@@ -402,6 +408,16 @@ class ControlledScheduler:
     def _runnable(self) -> list[_Thread]:
         return [t for t in self._live if t.ready is None or t.ready()]
 
+    def _runnable_indexes(self) -> list[int]:
+        """The indexes of the live threads that can take their step, while some wait at
+        an operation with ready() (``[t.index for t in self._live if t.ready is None or
+        t.ready()]``, asking only the waiting threads, in index order as that does)."""
+        indexes = self._live_indexes[:]
+        for t in self._waiters:
+            if not t.ready():           # type: ignore[misc]
+                indexes.remove(t.index)
+        return indexes
+
     def _dispatch(self, me: _Thread | None) -> _Thread | None:
         """Pick the next thread and hand it the baton; return it.  ``me`` is the thread
         giving the baton up (None at start); it must park unless it was picked."""
@@ -410,8 +426,7 @@ class ControlledScheduler:
             nxt = live[0] if live else None
         else:
             # every live thread is runnable unless one waits at an operation with ready()
-            indexes = [t.index for t in live if t.ready is None or t.ready()] \
-                if self._waiting else self._live_indexes[:]
+            indexes = self._runnable_indexes() if self._waiting else self._live_indexes[:]
             if not indexes:
                 if not live:
                     nxt = None
@@ -495,6 +510,10 @@ class ControlledScheduler:
         if ready is not None:           # (me.ready is None between operations)
             me.ready = ready
             self._waiting += 1
+            waiters = self._waiters
+            waiters.append(me)
+            if len(waiters) > 1:
+                waiters.sort(key=_index_of)
         ctx = me.ctx
         ctx.pending = label
         # Park unless we picked ourselves.  Decide from what *this* decision chose, never
@@ -504,8 +523,14 @@ class ControlledScheduler:
                 me.baton.acquire()
         else:
             # _dispatch(me), inline: this thread is live, so the run cannot be over
-            indexes = [t.index for t in self._live if t.ready is None or t.ready()] \
-                if self._waiting else self._live_indexes[:]
+            if self._waiting:
+                # self._runnable_indexes(), inline
+                indexes = self._live_indexes[:]
+                for t in self._waiters:
+                    if not t.ready():
+                        indexes.remove(t.index)
+            else:
+                indexes = self._live_indexes[:]
             if not indexes:
                 if self._no_runnable(me) is not me:
                     me.baton.acquire()
@@ -534,6 +559,7 @@ class ControlledScheduler:
         if ready is not None:
             me.ready = None
             self._waiting -= 1
+            self._waiters.remove(me)
         ctx.pending = ""
         ctx.op = label
         step = self.step + 1
