@@ -134,20 +134,83 @@ class TryRwLock:
 
 
 class _Call:
-    """One SEAMCALL or TDCALL in flight: what it locked, so its second step can release."""
+    """One SEAMCALL or TDCALL in flight: what it locked, so its second step can release.
 
-    __slots__ = ("name", "guest", "vcpu", "entries", "held", "tdvpr")
+    It also carries what :meth:`TdxModule._seamcall` was given, and its two steps are
+    its methods (:meth:`lock_step`, :meth:`effect_step`), so that a SEAMCALL makes no
+    closure per step."""
 
-    def __init__(self, name: str, guest: bool = False, vcpu: "TdVcpu | None" = None) -> None:
+    __slots__ = ("name", "guest", "vcpu", "entries", "held", "tdvpr", "module", "lock",
+                 "lock_args", "effect", "injectable")
+
+    def __init__(self, name: str, guest: bool, vcpu: TdVcpu | None, module: TdxModule,
+                 lock: Callable[..., int], lock_args: tuple, effect: Callable[[_Call], int],
+                 injectable: bool) -> None:
         self.name = name
         self.guest = guest
         self.vcpu = vcpu
         self.entries: list[SeptEntry] = []
         self.held: list[tuple[TryRwLock, bool]] = []   # (lock, exclusive) taken
         self.tdvpr: TdVcpu | None = None
+        self.module = module
+        self.lock = lock
+        self.lock_args = lock_args
+        self.effect = effect
+        self.injectable = injectable
 
     def __repr__(self) -> str:
         return self.name
+
+    def lock_step(self) -> int:
+        """The first step of the SEAMCALL (:meth:`TdxModule._seamcall`): count it, then
+        ``lock(call, *lock_args)`` try-takes its locks; released again on failure."""
+        m = self.module
+        name = self.name
+        # the counts: calls[name] = calls.get(name, 0) + 1, without a call each
+        calls = m.calls
+        try:
+            calls[name] += 1
+        except KeyError:
+            calls[name] = 1
+        by = m.calls_by_phase[m.phase]
+        try:
+            by[name] += 1
+        except KeyError:
+            by[name] = 1
+        # (_inject() is False at once without a busy rate: not called then)
+        if self.injectable and not m.busy_rate <= 0.0 and m._inject():
+            m._count_busy(SRC_INJECTED)
+            return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
+        err = self.lock(self, *self.lock_args)
+        if err:
+            m._release(self)
+        return err
+
+    def effect_step(self) -> int:
+        """The second step of the SEAMCALL: ``effect(call)`` checks and applies; the
+        locks are released whatever it returns."""
+        try:
+            return self.effect(self)
+        finally:
+            # TdxModule._release(call), written out
+            entries = self.entries
+            if entries:
+                for e in entries:
+                    if e.lock is self:
+                        e.lock = None
+                entries.clear()
+            held = self.held
+            if held:
+                for lock, excl in held:
+                    # lock.release(excl), written out (TryRwLock.release)
+                    if excl:
+                        lock.excl = None
+                    else:
+                        lock.shared -= 1
+                held.clear()
+            if self.tdvpr is not None:
+                self.tdvpr.tdvpr_lock = None
+                self.tdvpr = None
 
 
 class TdVcpu:
@@ -342,63 +405,18 @@ class TdxModule:
                   vcpu: TdVcpu | None = None, injectable: bool = True,
                   lock_args: tuple = ()) -> int:
         """The two steps of a SEAMCALL (module docstring): ``lock(call, *lock_args)``
-        try-takes its locks, ``effect(call)`` checks and applies; both release."""
-        call = _Call(name, guest, vcpu)
-
-        def step1() -> int:
-            # the counts: calls[name] = calls.get(name, 0) + 1, without a call each
-            calls = self.calls
-            try:
-                calls[name] += 1
-            except KeyError:
-                calls[name] = 1
-            by = self.calls_by_phase[self.phase]
-            try:
-                by[name] += 1
-            except KeyError:
-                by[name] = 1
-            # (_inject() is False at once without a busy rate: not called then)
-            if injectable and not self.busy_rate <= 0.0 and self._inject():
-                self._count_busy(SRC_INJECTED)
-                return TDX_OPERAND_BUSY | TDX_OPERAND_ID_RCX
-            err = lock(call, *lock_args)
-            if err:
-                self._release(call)
-            return err
-
+        try-takes its locks, ``effect(call)`` checks and applies; both release.  (The
+        steps are the call's methods, :meth:`_Call.lock_step` and
+        :meth:`_Call.effect_step`.)"""
+        call = _Call(name, guest, vcpu, self, lock, lock_args, effect, injectable)
         try:
             label = _LOCK_LABEL[name]
         except KeyError:
             label = _LOCK_LABEL[name] = name + ":lock"
-        err = self._sched.op(label, arg, step1)
+        err = self._sched.op(label, arg, call.lock_step)
         if err:
             return err
-
-        def step2() -> int:
-            try:
-                return effect(call)
-            finally:
-                # self._release(call), written out
-                entries = call.entries
-                if entries:
-                    for e in entries:
-                        if e.lock is call:
-                            e.lock = None
-                    entries.clear()
-                held = call.held
-                if held:
-                    for lock, excl in held:
-                        # lock.release(excl), written out (TryRwLock.release)
-                        if excl:
-                            lock.excl = None
-                        else:
-                            lock.shared -= 1
-                    held.clear()
-                if call.tdvpr is not None:
-                    call.tdvpr.tdvpr_lock = None
-                    call.tdvpr = None
-
-        return self._sched.op(name, arg, step2)
+        return self._sched.op(name, arg, call.effect_step)
 
     def _tracked(self, bepoch: int | None) -> bool:
         """is_tlb_tracked(): TRACK moved the TD past the block epoch and no vCPU still

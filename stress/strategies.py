@@ -147,8 +147,9 @@ class PCTStrategy(Strategy):
         cur, label = view.current, view.current_label
         if cur is not None and label != "exit":
             # self.sync(label), asked once per label (sync is a function of the label)
-            counts = self._sync_of.get(label)
-            if counts is None:
+            try:
+                counts = self._sync_of[label]
+            except KeyError:
                 counts = self._sync_of[label] = self.sync is None or bool(self.sync(label))
             if counts:
                 self.sync_steps += 1
