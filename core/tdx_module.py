@@ -435,15 +435,22 @@ class TdxModule:
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
         # _take_tdr(call, False) or _take_tree(call, tree_excl), written out, with the
-        # TDR's shared take (TryRwLock.take(call, False)) inline
+        # two takes (TryRwLock.take) inline
         tdr = self.tdr
         if tdr.excl is not None:
             return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
         tdr.shared += 1
         call.held.append((tdr, False))
-        if not self.tree.take(call, tree_excl):
-            return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
+        tree = self.tree
+        if tree.excl is not None or (tree_excl and tree.shared):
+            return self._busy(self._tree_holder_source() if tree.excl else SRC_SEPT_TREE,
                               TDX_OPERAND_ID_SEPT)
+        # the rest of tree.take(call, tree_excl), inline
+        if tree_excl:
+            tree.excl = call
+        else:
+            tree.shared += 1
+        call.held.append((tree, tree_excl))
         e, err = self._walk(gfn, level)
         if err:
             return err | TDX_OPERAND_ID_RCX
@@ -799,8 +806,9 @@ class TdxModule:
             # that is MAPPED already covers the page (TDX_PAGE_ALREADY_ACCEPTED, a
             # warning); any other leaf above, or a missing or blocked table, is an
             # EPT-violation exit of type ACCEPT to KVM.
+            entries = self.entries
             for lvl in range(ROOT_LEVEL, level, -1):
-                up = self.peek(gfn, lvl)
+                up = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))    # peek(gfn, lvl)
                 state = up.state if up else FREE
                 if state == NL_MAPPED:
                     continue
