@@ -32,8 +32,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from core.findings import Recorder
-from core.sched import (_LABEL_CODES, YIELD_HINTS, Abort, ThreadCtx, clear_current, label_code,
-                        mix, set_current)
+from core.sched import (YIELD_HINTS, Abort, ThreadCtx, clear_current, label_code, mix,
+                        set_current)
 
 if TYPE_CHECKING:
     from .strategies import Strategy
@@ -69,7 +69,7 @@ class EndOfSchedule(Exception):
 
 class _Thread:
     __slots__ = ("index", "name", "fn", "ctx", "baton", "thread", "ident", "label", "arg",
-                 "ready", "finished", "error", "started", "gone")
+                 "ready", "finished", "error", "started", "gone", "mixes")
 
     def __init__(self, index: int, name: str, fn: Callable[[], None]) -> None:
         self.index = index
@@ -88,6 +88,9 @@ class _Thread:
         self.started = False
         self.gone = threading.Lock()           # released when its body has returned
         self.gone.acquire()
+        # label -> what a step of this thread with that label adds to the trace hash
+        # (mix()'s index * 7919 + label_code(label)), made once per label
+        self.mixes: dict[str, int] = {}
 
     @property
     def returned(self) -> bool:
@@ -536,16 +539,16 @@ class ControlledScheduler:
                     me.baton.acquire()
             else:
                 view = self.view
-                view.current = me.index
+                view.current = index = me.index
                 view.current_label = label
                 try:
                     idx = self.strategy.choose(view, indexes)
                 except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
                     idx = self._strategy_stopped(e, indexes)
                 self.schedule.append(idx)
-                if idx != me.index:
+                if idx != index:
                     # Preemptions.decided(), inline
-                    if label not in YIELD_HINTS and me.index in indexes:
+                    if label not in YIELD_HINTS and index in indexes:
                         self._preemptions += 1
                     if self._on_decide:
                         self._tell_decided(me, idx, indexes)
@@ -565,12 +568,13 @@ class ControlledScheduler:
         step = self.step + 1
         self.step = ctx.last_step = step
         result = fn()
-        # TraceHash.step_taken(), inline: mix(value, thread, label)
+        # TraceHash.step_taken(), inline: mix(value, thread, label), the thread's part
+        # and the label's made once per label
         try:
-            code = _LABEL_CODES[label]
+            add = me.mixes[label]
         except KeyError:
-            code = label_code(label)
-        self._trace = (self._trace * 1000003 + me.index * 7919 + code) & 0xFFFFFFFFFFFFFFFF
+            add = me.mixes[label] = me.index * 7919 + label_code(label)
+        self._trace = (self._trace * 1000003 + add) & 0xFFFFFFFFFFFFFFFF
         if self._on_step:
             for ins in self._on_step:
                 ins.step_taken(self.step, me.index, label, arg, result)

@@ -157,10 +157,11 @@ class PCTStrategy(Strategy):
                     self.change_points.pop(0)
                     if cur in priorities:
                         self._demote(cur)
-        if self._burst and self._burst_to in runnable:
-            self._burst -= 1
-            return self._burst_to
-        self._burst = 0
+        if self._burst:
+            if self._burst_to in runnable:
+                self._burst -= 1
+                return self._burst_to
+            self._burst = 0
         if len(runnable) == 1:
             # max() over one thread (a spin hint needs another to give the burst to)
             return runnable[0]
