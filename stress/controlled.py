@@ -530,7 +530,7 @@ class ControlledScheduler:
                 # self._runnable_indexes(), inline
                 indexes = self._live_indexes[:]
                 for t in self._waiters:
-                    if not t.ready():
+                    if not t.ready():       # type: ignore[misc]
                         indexes.remove(t.index)
             else:
                 indexes = self._live_indexes[:]
