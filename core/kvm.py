@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .findings import Recorder
 from .mmu_lock import MmuLock
 from .rcu import Rcu
-from .sched import PassThrough, Scheduler, _tls, cpu_relax, current
+from .sched import PassThrough, Scheduler, cpu_relax, current
 from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
@@ -740,10 +740,7 @@ class Kvm:
     def srcu_read_lock(self) -> None:
         """srcu_read_lock(&kvm->srcu) (kvm_vcpu_srcu_read_lock() on a vCPU): the calling
         thread enters a read-side section."""
-        try:
-            name = _tls.ctx.name        # current().name, inline
-        except AttributeError:
-            name = current().name
+        name = current().name
 
         def step() -> None:
             self.srcu_readers[name] = self.srcu_readers.get(name, 0) + 1
@@ -751,10 +748,7 @@ class Kvm:
 
     def srcu_read_unlock(self) -> None:
         """srcu_read_unlock(): the calling thread leaves its section."""
-        try:
-            name = _tls.ctx.name        # current().name, inline
-        except AttributeError:
-            name = current().name
+        name = current().name
 
         def step() -> None:
             self.srcu_readers[name] -= 1
@@ -763,11 +757,7 @@ class Kvm:
 
     def srcu_held(self) -> bool:
         """Is the calling thread inside a kvm->srcu read-side section? (model helper)"""
-        try:
-            name = _tls.ctx.name        # current().name, inline
-        except AttributeError:
-            name = current().name
-        return self.srcu_readers.get(name, 0) > 0
+        return self.srcu_readers.get(current().name, 0) > 0
 
     def synchronize_srcu(self) -> None:
         """synchronize_srcu_expedited(&kvm->srcu) in kvm_swap_active_memslots(): wait

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 from .findings import Recorder
-from .sched import Scheduler, ThreadCtx, _tls, current
+from .sched import Scheduler, ThreadCtx, current
 
 
 class _Waiter:
@@ -73,10 +73,7 @@ class MmuLock:
         return False
 
     def _acquire(self, write: bool) -> None:
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         label = "mmu_lock.write_lock" if write else "mmu_lock.read_lock"
 
         def fast_or_queue() -> _Waiter | None:
@@ -113,19 +110,13 @@ class MmuLock:
 
     def read_unlock(self) -> None:
         """read_unlock(&kvm->mmu_lock)."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         self._sched.op("mmu_lock.read_unlock", None, lambda: self.readers.remove(ctx.name))
         ctx.lock_mode = None
 
     def write_unlock(self) -> None:
         """write_unlock(&kvm->mmu_lock)."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
 
         def release() -> None:
             self.writer = None
@@ -151,10 +142,7 @@ class MmuLock:
         Returns True when it dropped the lock, so the caller restarts from the root
         (what tdp_mmu_iter_cond_resched does).
         """
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         mode = ctx.lock_mode
         if mode is None or not self.needbreak():
             return False
@@ -165,10 +153,7 @@ class MmuLock:
     # lockdep -----------------------------------------------------------------------
     def lockdep_assert_held(self, where: str) -> bool:
         """lockdep_assert_held(&kvm->mmu_lock): held in either mode."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         if ctx.lock_mode is None:
             self._rec.report("LOCKDEP", where, "mmu_lock not held", ctx)
             return False
@@ -176,10 +161,7 @@ class MmuLock:
 
     def lockdep_assert_held_read(self, where: str) -> bool:
         """lockdep_assert_held_read(&kvm->mmu_lock)."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         if ctx.lock_mode != "read":
             self._rec.report("LOCKDEP", where,
                              f"mmu_lock must be held for read, held: {ctx.lock_mode}", ctx)
@@ -188,10 +170,7 @@ class MmuLock:
 
     def lockdep_assert_held_write(self, where: str) -> bool:
         """lockdep_assert_held_write(&kvm->mmu_lock)."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         if ctx.lock_mode != "write":
             self._rec.report("LOCKDEP", where,
                              f"mmu_lock must be held for write, held: {ctx.lock_mode}", ctx)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .findings import Recorder
-from .sched import Scheduler, ThreadCtx, _tls, current
+from .sched import Scheduler, ThreadCtx, current
 
 
 class _Callback:
@@ -34,10 +34,7 @@ class Rcu:
 
     def rcu_read_lock(self) -> None:
         """rcu_read_lock(): nests; only the outermost one is an operation."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         if ctx.rcu_depth == 0:
             def enter() -> None:
                 ctx.rcu_sections += 1
@@ -47,10 +44,7 @@ class Rcu:
 
     def rcu_read_unlock(self) -> None:
         """rcu_read_unlock(): leaving the outermost section may end grace periods."""
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         if ctx.rcu_depth <= 0:
             self._rec.report("WARN", "rcu_read_unlock", "unbalanced rcu_read_unlock", ctx)
             return

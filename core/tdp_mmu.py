@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .oracle import classify
-from .sched import _tls, cpu_relax, current
+from .sched import cpu_relax, current
 from .spte import (
     FROZEN_SPTE,
     PG_LEVEL_2M,
@@ -136,10 +136,7 @@ class TdpMmu:
         Returns the hook's result (0 in the "before" order, which has no hook here).
         """
         kvm = self.kvm
-        try:
-            ctx = _tls.ctx      # current(), inline
-        except AttributeError:
-            ctx = current()
+        ctx = current()
         was_present, is_present = is_shadow_present_pte(old), is_shadow_present_pte(new)
         was_leaf = was_present and is_last_spte(old, level)
         is_leaf = is_present and is_last_spte(new, level)
