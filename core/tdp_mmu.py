@@ -429,7 +429,7 @@ class TdpMmu:
             while restart:
                 restart = False
                 for sp, i, gfn, level, old in self._leaves(root, at, end):
-                    n = 1 << (9 * (level - 1))      # level_pages(level)
+                    n = level_pages(level)
                     if level > PG_LEVEL_4K and (gfn < start or gfn + n > end):
                         self.tdp_mmu_split_huge_page(sp, i, gfn, old, level)
                         restart, at = True, max(at, gfn)
