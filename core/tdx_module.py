@@ -192,25 +192,7 @@ class _Call:
         try:
             return self.effect(self)
         finally:
-            # TdxModule._release(call), written out
-            entries = self.entries
-            if entries:
-                for e in entries:
-                    if e.lock is self:
-                        e.lock = None
-                entries.clear()
-            held = self.held
-            if held:
-                for lock, excl in held:
-                    # lock.release(excl), written out (TryRwLock.release)
-                    if excl:
-                        lock.excl = None
-                    else:
-                        lock.shared -= 1
-                held.clear()
-            if self.tdvpr is not None:
-                self.tdvpr.tdvpr_lock = None
-                self.tdvpr = None
+            self.module._release(self)
 
 
 class TdVcpu:
@@ -434,23 +416,12 @@ class TdxModule:
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
-        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out, with the
-        # two takes (TryRwLock.take) inline
-        tdr = self.tdr
-        if tdr.excl is not None:
+        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out
+        if not self.tdr.take(call, False):
             return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
-        tdr.shared += 1
-        call.held.append((tdr, False))
-        tree = self.tree
-        if tree.excl is not None or (tree_excl and tree.shared):
-            return self._busy(self._tree_holder_source() if tree.excl else SRC_SEPT_TREE,
+        if not self.tree.take(call, tree_excl):
+            return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
                               TDX_OPERAND_ID_SEPT)
-        # the rest of tree.take(call, tree_excl), inline
-        if tree_excl:
-            tree.excl = call
-        else:
-            tree.shared += 1
-        call.held.append((tree, tree_excl))
         e, err = self._walk(gfn, level)
         if err:
             return err | TDX_OPERAND_ID_RCX
