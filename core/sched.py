@@ -81,12 +81,6 @@ def set_current(ctx: ThreadCtx) -> None:
     _tls.ctx = ctx
 
 
-def clear_current() -> None:
-    """Unbind the calling thread's context (a reused thread, between two runs: the
-    finished run's machine is not kept alive through it)."""
-    _tls.__dict__.pop("ctx", None)
-
-
 class Scheduler(Protocol):
     """What the machine needs from a scheduler: one method and a step counter."""
 

@@ -21,19 +21,16 @@ Example::
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 import traceback
 from _thread import get_ident
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from core.findings import Recorder
-from core.sched import (YIELD_HINTS, Abort, ThreadCtx, clear_current, label_code, mix,
-                        set_current)
+from core.sched import YIELD_HINTS, Abort, ThreadCtx, label_code, mix, set_current
 
 if TYPE_CHECKING:
     from .strategies import Strategy
@@ -69,7 +66,7 @@ class EndOfSchedule(Exception):
 
 class _Thread:
     __slots__ = ("index", "name", "fn", "ctx", "baton", "thread", "ident", "label", "arg",
-                 "ready", "finished", "error", "started", "gone", "mixes")
+                 "ready", "finished", "error", "started", "mixes")
 
     def __init__(self, index: int, name: str, fn: Callable[[], None]) -> None:
         self.index = index
@@ -86,68 +83,9 @@ class _Thread:
         self.finished = False
         self.error: BaseException | None = None
         self.started = False
-        self.gone = threading.Lock()           # released when its body has returned
-        self.gone.acquire()
         # label -> what a step of this thread with that label adds to the trace hash
         # (mix()'s index * 7919 + label_code(label)), made once per label
         self.mixes: dict[str, int] = {}
-
-    @property
-    def returned(self) -> bool:
-        """Its body has returned (its OS thread is free for another run)."""
-        return not self.gone.locked()
-
-
-class _Worker:
-    """An OS thread the controlled scheduler reuses from run to run.  Starting a thread
-    costs 0.1-0.2 ms; an execution of a small program (an SCTBench port, a hunt's small
-    workload under bounded exploration) is a few milliseconds, of which starting its
-    threads was a third.  A worker runs one model thread's body, then goes back to the
-    pool; a body that never returns (blocked outside any operation: a HANG) keeps its
-    worker, which is never reused."""
-    __slots__ = ("thread", "go", "job")
-
-    def __init__(self) -> None:
-        self.go = threading.Lock()
-        self.go.acquire()
-        self.job: Callable[[], None] | None = None
-        self.thread = threading.Thread(target=self._loop, name="tdx-stress-worker",
-                                       daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            self.go.acquire()
-            job, self.job = self.job, None
-            assert job is not None
-            job()
-            _give_back(self)
-
-    def start(self, job: Callable[[], None]) -> None:
-        self.job = job
-        self.go.release()
-
-
-_POOL: list[_Worker] = []
-_POOL_LOCK = threading.Lock()
-_POOL_PID = os.getpid()
-
-
-def _take_worker() -> _Worker:
-    global _POOL_PID
-    with _POOL_LOCK:
-        if _POOL_PID != os.getpid():      # a forked child has none of the parent's threads
-            _POOL.clear()
-            _POOL_PID = os.getpid()
-        if _POOL:
-            return _POOL.pop()
-    return _Worker()
-
-
-def _give_back(w: _Worker) -> None:
-    with _POOL_LOCK:
-        if _POOL_PID == os.getpid():
-            _POOL.append(w)
 
 
 class SchedulerView:
@@ -357,18 +295,16 @@ class ControlledScheduler:
         self._waiting = 0
         self._waiters = []
         for t in self.threads:
-            w = _take_worker()
-            t.thread = w.thread
-            t.ident = w.thread.ident
-            w.thread.name = t.name
-            w.start(partial(self._body, t))
+            t.thread = threading.Thread(target=self._body, args=(t,), name=t.name,
+                                        daemon=True)
+            t.thread.start()
+            t.ident = t.thread.ident
         if self.threads:
             self._dispatch(None)
             self._all_done.wait(join_timeout)
         for t in self.threads:
-            if t.gone.acquire(timeout=1.0):    # its body returned: join it
-                t.gone.release()
-                t.thread = None                # (its worker may run another run now)
+            assert t.thread is not None
+            t.thread.join(1.0)
         if self.strategy_error is not None:
             raise self.strategy_error
         errors = [t for t in self.threads if t.error is not None]
@@ -382,13 +318,6 @@ class ControlledScheduler:
             self._stuck(stuck, join_timeout)
 
     def _body(self, t: _Thread) -> None:
-        try:
-            self._run_body(t)
-        finally:
-            clear_current()
-            t.gone.release()
-
-    def _run_body(self, t: _Thread) -> None:
         t.baton.acquire()                      # wait for the first turn
         set_current(t.ctx)
         try:
