@@ -420,6 +420,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             copy_findings([Path(d) for d in args.dirs], merged, out)
             write_summary(out, merged)
             write_reports(merged, out, junit=junit)
+            _raise_if_signalled()
         except KeyboardInterrupt as e:
             # a merge cut short (Ctrl-C, SIGTERM, SIGHUP): its directory is not left
             # looking complete; its summary says so (findings, reports may be missing)
@@ -563,18 +564,34 @@ class _Guarded:
         return getattr(self._stream, name)
 
 
+_SIGNALLED: list[str] = []      # the signals _stop was called for, first first
+
+
 def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    _SIGNALLED.append(name)
+    raise KeyboardInterrupt(name)
+
+
+def _raise_if_signalled() -> None:
+    """Raise again the KeyboardInterrupt of a signal Python swallowed: one that lands in a
+    weakref or import-lock callback (matplotlib's import, say) is printed as "Exception
+    ignored in ..." and the code goes on as if it never came."""
+    if _SIGNALLED:
+        raise KeyboardInterrupt(_SIGNALLED[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; its exit code is the command's, even when its output is lost
     (said on stderr if that still works).  SIGTERM and SIGHUP stop every command as
     Ctrl-C does (exit 130; a campaign writes its summary, marked interrupted)."""
+    _SIGNALLED.clear()
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(s) in (signal.SIG_DFL, None):
                 signal.signal(s, _stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _stop)    # Ctrl-C as Python's own, but recorded
     real = sys.stdout, sys.stderr
     out, err = _Guarded(real[0]), _Guarded(real[1])
     sys.stdout, sys.stderr = out, err           # type: ignore[assignment]

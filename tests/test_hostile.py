@@ -438,6 +438,33 @@ def test_report_stops_on_a_signal_with_the_merge_marked_interrupted(many_shards,
     assert s["interrupted"] and s["stop_reason"] == f"signal {sig}", s
 
 
+def test_a_signal_python_swallows_still_interrupts_a_merge(many_shards, tmp_path,
+                                                           monkeypatch):
+    """A signal that lands in a weakref or import-lock callback (seen in CI: SIGTERM in
+    matplotlib's import) raises there, and Python prints "Exception ignored" and goes on;
+    the merge must still end as interrupted (exit 130, summary marked), not complete."""
+    import signal
+    import weakref
+
+    import reports.render
+    from stress import cli
+    drawn = reports.render.write_reports
+
+    def write_reports_hit_by_a_signal(*a, **kw):
+        class Obj:
+            pass
+        o = Obj()
+        ref = weakref.ref(o, lambda _: cli._stop(signal.SIGTERM, None))   # noqa: F841
+        del o                                 # the callback raises; Python swallows it
+        return drawn(*a, **kw)
+    monkeypatch.setattr(reports.render, "write_reports", write_reports_hit_by_a_signal)
+    out = tmp_path / "merged"
+    code = cli.main(["report", *map(str, many_shards), "-o", str(out)])
+    assert code == cli.ExitCode.INTERRUPTED
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["stop_reason"] == "signal SIGTERM", s
+
+
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     out = tmp_path / "job"
     p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
