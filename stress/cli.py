@@ -636,20 +636,9 @@ def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("run", "soak"):
-            return cmd_run(args, ["tdx-stress"] + argv)
-        if args.command == "replay":
-            return cmd_replay(args)
-        if args.command == "shrink":
-            return cmd_shrink(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "table":
-            return cmd_table(args)
-        if args.command == "nightly":
-            return cmd_nightly(args, ["tdx-stress"] + argv)
-        print(f"tdx-stress {__version__}")
-        return cmd_variants(args)
+        code = _command(args, argv)
+        _raise_if_signalled()       # a signal Python swallowed on the way: still 130
+        return code
     except (UsageError, ConfigError, UnknownVariant, ReproError, ReportError) as e:
         print(f"tdx-stress: {e}", file=sys.stderr)
         return ExitCode.USAGE
@@ -665,6 +654,24 @@ def _main(argv: list[str] | None) -> int:
             detail = ""
         print(f"tdx-stress: internal error: {type(e).__name__}: {e}{detail}", file=sys.stderr)
         return ExitCode.INTERNAL
+
+
+def _command(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command ``args`` names, run."""
+    if args.command in ("run", "soak"):
+        return cmd_run(args, ["tdx-stress"] + argv)
+    if args.command == "replay":
+        return cmd_replay(args)
+    if args.command == "shrink":
+        return cmd_shrink(args)
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "table":
+        return cmd_table(args)
+    if args.command == "nightly":
+        return cmd_nightly(args, ["tdx-stress"] + argv)
+    print(f"tdx-stress {__version__}")
+    return cmd_variants(args)
 
 
 if __name__ == "__main__":

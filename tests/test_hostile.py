@@ -465,6 +465,27 @@ def test_a_signal_python_swallows_still_interrupts_a_merge(many_shards, tmp_path
     assert s["interrupted"] and s["stop_reason"] == "signal SIGTERM", s
 
 
+def test_a_signal_python_swallows_in_any_command_still_exits_130(monkeypatch, capsys):
+    """The same for every command: one that goes on to its end after a swallowed signal
+    exits 130, interrupted, not with the code of a run that was never stopped."""
+    import signal
+    import weakref
+
+    from stress import cli
+    listed = cli.cmd_variants
+
+    def variants_hit_by_a_signal(args):
+        class Obj:
+            pass
+        o = Obj()
+        ref = weakref.ref(o, lambda _: cli._stop(signal.SIGHUP, None))   # noqa: F841
+        del o
+        return listed(args)
+    monkeypatch.setattr(cli, "cmd_variants", variants_hit_by_a_signal)
+    assert cli.main(["variants"]) == cli.ExitCode.INTERRUPTED
+    assert "tdx-stress: interrupted" in capsys.readouterr().err
+
+
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     out = tmp_path / "job"
     p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
