@@ -414,10 +414,20 @@ class TdpMmu:
         """tdp_mmu_zap_leafs(): zap every leaf in [start, end) under the write lock.
 
         A 2M leaf only partly inside the range is split first (hugepage RFC), so that
-        only the 4K pages in the range go.  When cond_resched dropped the lock the walk
+        only the 4K pages in the range go.  After each zapped leaf,
+        tdp_mmu_iter_cond_resched(): only when the lock is contended
+        (tdp_mmu_iter_need_resched(): ``rwlock_needbreak()``; the model has no
+        need_resched()) does the walk leave its RCU section, drop and retake the lock
+        (cond_resched_rwlock_write()) and enter RCU again; otherwise it stays inside
+        the one read-side section, as the kernel's walk does.  After a yield the walk
         restarts from the root at the next GFN (tdp_iter_restart() walks down to
         ``next_last_level_gfn``), not at the start of the range.  Returns whether
         anything was zapped.
+
+        (The kernel asks at every SPTE the walk visits, the model after each leaf it
+        zapped: the first ask after a yield cannot yield again, "Ensure forward
+        progress has been made before yielding", so the model's asks are the ones that
+        can yield at a leaf.)
         """
         kvm = self.kvm
         kvm.mmu_lock.lockdep_assert_held_write("tdp_mmu_zap_leafs")
@@ -436,6 +446,9 @@ class TdpMmu:
                         break
                     self.tdp_mmu_set_spte(sp, i, gfn, old, SHADOW_NONPRESENT_VALUE, level)
                     flush = True
+                    # tdp_mmu_iter_cond_resched(): tdp_mmu_iter_need_resched() first
+                    if not kvm.mmu_lock.needbreak():
+                        continue
                     kvm.rcu.rcu_read_unlock()
                     dropped = kvm.mmu_lock.cond_resched()
                     kvm.rcu.rcu_read_lock()
