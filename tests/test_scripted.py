@@ -231,3 +231,55 @@ def test_no_private_2m_leaf_over_a_gfn_just_made_shared(widen, tmp_path):
     seq.check()
     broken = [f.message for f in seq.rec.findings if f.where == "invariant10"]
     assert bool(broken) == (not widen), broken
+
+
+def _zap_three_leaves(script, strict=True):
+    """Three private 4K leaves (0x3, 0x4, 0x5), then ``zap`` unmaps them under the write
+    lock (kvm_gmem_error_folio(): tdp_mmu_zap_leafs() on both roots); ``reader`` takes
+    the read lock once.  Returns the sequencer and the labels each thread took, in order."""
+    seq = Sequencer("hugepage-rfc", script, strict=strict)
+    kvm = seq.kvm
+    kvm.build()
+    for gfn in (0x3, 0x4, 0x5):
+        kvm.kvm_prefault(gfn)
+
+    def reader():
+        kvm.mmu_lock.read_lock()
+        kvm.mmu_lock.read_unlock()
+    seq.run(zap=lambda: kvm.kvm_gmem_error_folio(0x3, 0x6), reader=reader)
+    names = seq.sched.thread_names()
+    took = {n: [s.label for s in seq.sched.steps if names[s.thread] == n] for n in names}
+    return seq, took
+
+
+def test_a_zap_walk_leaves_rcu_only_to_yield_the_contended_lock():
+    """tdp_mmu_zap_leafs(): without contention the walk stays in one RCU read-side
+    section per root (tdp_mmu_iter_cond_resched() yields only when
+    tdp_mmu_iter_need_resched() says so); with a reader queued on mmu_lock it leaves
+    RCU, drops the lock for the reader and goes on from the next GFN, and every leaf
+    still goes."""
+    seq, took = _zap_three_leaves([("finish", "zap"), ("finish", "reader")])
+    zap = took["zap"]
+    assert zap.count("TDH.MEM.PAGE.REMOVE") == 3
+    # one section for the walk of the mirror root (a private unmap), none per leaf
+    assert zap.count("rcu_read_lock") == zap.count("rcu_read_unlock") == 1, zap
+    assert zap.count("mmu_lock.needbreak") == 3          # asked after each leaf
+    assert zap.count("mmu_lock.write_unlock") == 2       # the walk's, invalidate_end()'s
+    assert seq.rec.findings == [] and seq.check() == 0
+
+    # the reader queues behind the write lock after the first leaf went (it cannot run
+    # until the lock is free: the zapper goes on meanwhile); the walk yields there (the
+    # reader runs), then zaps the other two
+    seq, took = _zap_three_leaves([("through", "zap", "TDH.PHYMEM.PAGE.WBINVD"),
+                                   ("steps", "reader", 1), ("finish", "reader"),
+                                   ("finish", "zap")], strict=False)
+    zap = took["zap"]
+    assert zap.count("TDH.MEM.PAGE.REMOVE") == 3
+    # the yield, the end of the walk, kvm_mmu_invalidate_end()'s
+    assert zap.count("mmu_lock.write_unlock") == 3
+    assert zap.count("rcu_read_lock") == zap.count("rcu_read_unlock") == 2, zap
+    steps = [(seq.sched.thread_names()[s.thread], s.label) for s in seq.sched.steps]
+    got = steps.index(("reader", "mmu_lock.read_unlock"))
+    assert steps.index(("zap", "mmu_lock.write_unlock")) < got
+    assert sum(1 for s in steps[got:] if s == ("zap", "TDH.MEM.PAGE.REMOVE")) == 2
+    assert seq.rec.findings == [] and seq.check() == 0
