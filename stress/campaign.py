@@ -499,7 +499,8 @@ class Campaign:
         """Draw each kept finding's swim lane beside its repro (``X.lane.txt``), so the
         reports can show it without running the machine (15 replays: about 0.2 s)."""
         with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
-                                 initializer=_worker_init) as pool:
+                                 initializer=_worker_init,
+                                 initargs=(ctx.Value("i", 0),)) as pool:
             futs = {sig: pool.submit(lane_task, d) for sig, d in self.repros.items()}
             for sig, fut in futs.items():
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -19,7 +20,7 @@ from core.tdx_module import PHASES
 from core.variants import get_variant
 
 from .config import RunConfig, Streams
-from .controlled import CUT_SHORT, ControlledScheduler, ScheduleDiverged, Step
+from .controlled import CUT_SHORT, ControlledScheduler, ScheduleDiverged, Step, one_cpu
 from .free import FreeScheduler
 from .strategies import (
     PCTStrategy,
@@ -239,31 +240,35 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
                 sched.abort(f"stop on {f.signature}")
         rec.listeners.append(listener)
 
-    main_ctx = current()
-    setup_ctx = ThreadCtx("setup")      # building the TD links tables: rows count too
-    set_current(setup_ctx)
-    try:
-        kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs),
-                     streams.get("signal"))
-        kvm.build(workload.initial)
-        max_trips = 3000  # entries without progress before a vCPU is called livelocked
-        running = Running(len(workload.zaps))
-        threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips, running))
-                   for i, prog in enumerate(workload.programs)]
-        threads += [(f"zapper{j}", zapper_role(kvm, script, running))
-                    for j, script in enumerate(workload.zaps)]
-        sched.run(threads)
-        workers = sched.thread_contexts()
-        stopped = sched.aborting
-        set_current(ThreadCtx("teardown"))
-        teardown_ctx = current()
-        if not stopped:
-            report_invariants(kvm)
-            if teardown:
-                kvm.kvm_destroy_vm()
-                report_invariants(kvm, final=True)
-    finally:
-        set_current(main_ctx)
+    # a controlled run, set-up and teardown too, on the CPU it starts on (one_cpu());
+    # free mode's threads stay free to run anywhere
+    pinned = one_cpu() if isinstance(sched, ControlledScheduler) else nullcontext()
+    with pinned:
+        main_ctx = current()
+        setup_ctx = ThreadCtx("setup")      # building the TD links tables: rows count too
+        set_current(setup_ctx)
+        try:
+            kvm = new_vm(cfg, sched, rec, streams.get("busy"), len(workload.programs),
+                         streams.get("signal"))
+            kvm.build(workload.initial)
+            max_trips = 3000  # entries without progress before a vCPU is called livelocked
+            running = Running(len(workload.zaps))
+            threads = [(f"vcpu{i}", vcpu_role(kvm, i, prog, max_trips, running))
+                       for i, prog in enumerate(workload.programs)]
+            threads += [(f"zapper{j}", zapper_role(kvm, script, running))
+                        for j, script in enumerate(workload.zaps)]
+            sched.run(threads)
+            workers = sched.thread_contexts()
+            stopped = sched.aborting
+            set_current(ThreadCtx("teardown"))
+            teardown_ctx = current()
+            if not stopped:
+                report_invariants(kvm)
+                if teardown:
+                    kvm.kvm_destroy_vm()
+                    report_invariants(kvm, final=True)
+        finally:
+            set_current(main_ctx)
 
     rows = [0] * 15
     attr = 0

@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from core.oracle import EXPECTED, ROW_TEXT, force_transition
 from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
-from .campaign import start_resource_tracker
+from .campaign import _worker_init, start_resource_tracker
 from .config import RunConfig
 from .runner import hunt_stop, run_seed, with_learned_pct_ks
 
@@ -74,13 +74,6 @@ def explore(variant: str, budget: float, base_seed: int) -> dict:
             "bugs": bugs, "found_at": found_at, "seconds": round(time.monotonic() - t0, 2)}
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave the decision to stop to the parent (which terminates them)."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def observe(duration: float, workers: int = 2, base_seed: int = 0,
             patches: tuple[str, ...] = ()) -> dict:
     """Explore every built-in variant and the given ``patches`` (variant names, patch
@@ -88,8 +81,10 @@ def observe(duration: float, workers: int = 2, base_seed: int = 0,
     names = list(VARIANTS) + [p for p in patches if p not in VARIANTS]
     ctx = multiprocessing.get_context("spawn")
     start_resource_tracker()            # a hang-up must not kill it (see there)
+    # a campaign's workers' set-up: interrupts left to the parent (which terminates
+    # them), a CPU each, and an end when the parent is killed outright
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                               initializer=_ignore_interrupts)
+                               initializer=_worker_init, initargs=(ctx.Value("i", 0),))
     try:
         futs = {name: pool.submit(explore, name,
                                   duration if get_variant(name).as_designed else 6 * duration,

@@ -481,3 +481,37 @@ def test_a_deadlock_report_names_the_lock_and_who_holds_it():
     assert "holder waits at wait_forever 'the event'" in first, first
     assert "mmu_lock=write" in f.message           # the holder's own line says it
     assert "test_controlled.py" in f.message       # frames of the program, not /core/ only
+
+
+def test_a_run_keeps_its_threads_on_one_cpu_and_gives_the_caller_its_cpus_back():
+    """The model threads of a controlled run, and the caller while it runs, keep to one
+    CPU (a handoff to a thread parked on another CPU waits for that CPU to wake); the
+    caller's own CPUs are back afterwards, so nothing it starts later is pinned."""
+    import os
+
+    from stress.controlled import model_cpu, set_model_cpu
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("one CPU allowed: nothing to pin")
+    seen: dict[str, set[int]] = {}
+    sched = ControlledScheduler(RandomStrategy(random.Random(1)), record_steps=False)
+
+    def body(name):
+        def fn():
+            for _ in range(3):
+                sched.op("x", None, lambda: None)
+            seen[name] = os.sched_getaffinity(0)
+        return fn
+    cpu = model_cpu()
+    sched.run([("a", body("a")), ("b", body("b"))])
+    assert seen == {"a": {cpu}, "b": {cpu}}
+    assert os.sched_getaffinity(0) == before
+    # a chosen CPU (the test suite's workers choose one each) is the one used
+    other = max(before - {cpu})
+    set_model_cpu(other)
+    try:
+        sched = ControlledScheduler(RandomStrategy(random.Random(1)), record_steps=False)
+        sched.run([("a", body("a"))])
+        assert seen["a"] == {other} and os.sched_getaffinity(0) == before
+    finally:
+        set_model_cpu(cpu)
