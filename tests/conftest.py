@@ -26,6 +26,18 @@ os.environ.setdefault("PY_IGNORE_IMPORTMISMATCH", "1")
 os.environ.setdefault("TDX_STRESS_PLOTS", "0")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker's controlled runs keep to a CPU of their own (gw0 the first
+    allowed, gw1 the next, ...; stress.controlled.one_cpu()), so that the two workers'
+    runs never share one CPU while the other idles.  Nothing else is pinned: the
+    subprocesses the tests start are free to use every CPU."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and hasattr(os, "sched_getaffinity"):
+        from stress.controlled import set_model_cpu
+        cpus = sorted(os.sched_getaffinity(0))
+        set_model_cpu(cpus[int(worker[2:]) % len(cpus)])
+
+
 def _tiers(node: pytest.Item | pytest.Collector) -> list[str]:
     return sorted({m.name for m in node.own_markers if m.name in TIERS})
 

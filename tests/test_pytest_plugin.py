@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-@pytest.mark.tdx_stress(variant="hugepage-rfc", seeds=30)
+@pytest.mark.tdx_stress(variant="hugepage-rfc", seeds=8)
 def test_stress(tdx_stress):
     summary = tdx_stress.run()
     Path("summary-of-test_stress.json").write_text(json.dumps(summary))
@@ -107,11 +107,11 @@ def test_hunt_fails_with_replay_command_and_as_designed_passes(pytester, inner, 
 
     # the same on hugepage-rfc passes; the command line's seeds beat the marker's
     r = inner("test_stress.py::test_stress", "--tdx-stress-variant", "hugepage-rfc",
-              "--tdx-stress-seed", 0, "--tdx-stress-seeds", 40)
+              "--tdx-stress-seed", 0, "--tdx-stress-seeds", 12)
     assert r.ret == 0, r.stdout.str()
     s = json.loads(last.read_text())
     assert (s["variant"], s["runs"], s["base_seed"], s["findings"]) == \
-        ("hugepage-rfc", 40, 0, [])
+        ("hugepage-rfc", 12, 0, [])
 
     # no options: the marker's defaults, the seed from $TDX_STRESS_SEED, announced after
     # collection; bad marker arguments fail their test with one sentence
@@ -120,7 +120,7 @@ def test_hunt_fails_with_replay_command_and_as_designed_passes(pytester, inner, 
     r = inner()
     r.assert_outcomes(passed=1, failed=3)
     s = json.loads(last.read_text())
-    assert (s["variant"], s["runs"], s["base_seed"]) == ("hugepage-rfc", 30, 5)
+    assert (s["variant"], s["runs"], s["base_seed"]) == ("hugepage-rfc", 8, 5)
     out = r.stdout.str()
     assert "tdx-stress: variant per test, base seed 5 ($TDX_STRESS_SEED)" in out
     assert "tdx-stress: unknown variant 'nope'; valid variants: v6.19" in out
