@@ -77,6 +77,10 @@ MASK = (1 << 64) - 1
 _GLOBAL = ("*",)         # the object every undeclared operation writes and every SPTE
                          # access reads: it orders them against everything
 PRUNED = "pruned: equivalent to a schedule already explored"
+# the most happens-before graphs one walk keeps for pruning (about 150 bytes each once
+# seen, 600 seen twice): a walk of a large workload reaches a new graph at nearly every
+# decision, several hundred an execution
+CACHE_CAP = 1_000_000
 
 
 class NonDeterminism(RuntimeError):
@@ -181,7 +185,10 @@ class BoundedStrategy(Strategy):
         self.footprint = footprint
         self.prune = prune
         self.path: list[_Node] = []
-        self.cache: dict[int, dict[int, int]] = {}
+        # happens-before hash -> the costs it was reached at (see _seen): one visit is
+        # kept as a (thread, preemptions, free) tuple, a fifth of a dict of lists
+        self.cache: dict[int, tuple[int, int, int] | dict[int, list[tuple[int, int]]]] = {}
+        self.cache_full = False      # CACHE_CAP reached: later graphs are not kept
         self.executions = 0          # executions started
         self.pruned = 0              # of them, stopped as equivalent to an earlier one
         self.complete = False
@@ -316,8 +323,16 @@ class BoundedStrategy(Strategy):
         p, f = self.cost, self.fcost
         entry = self.cache.get(self.hb)
         if entry is None:
-            self.cache[self.hb] = {who: [(p, f)], -2: [(p, f)]}
+            # A graph not kept only costs pruning, never soundness: the schedules it
+            # would have pruned run instead.  The cap bounds a long walk's memory.
+            if len(self.cache) < CACHE_CAP:
+                self.cache[self.hb] = (who, p, f)
+            else:
+                self.cache_full = True
             return False
+        if type(entry) is tuple:
+            w0, p0, f0 = entry
+            entry = self.cache[self.hb] = {w0: [(p0, f0)], -2: [(p0, f0)]}
         mine = entry.get(who)
         if mine is not None and any(p0 <= p and f0 <= f for p0, f0 in mine):
             return True

@@ -180,6 +180,25 @@ def test_pruning_cuts_commuting_orders_and_loses_no_outcome():
 
 @pytest.mark.unit
 @pytest.mark.timeout(60)
+def test_a_full_graph_cache_costs_pruning_never_an_outcome(monkeypatch):
+    """The happens-before cache is capped (CACHE_CAP): past the cap, graphs are not kept,
+    so fewer schedules are pruned and more run, and the walk still reaches every
+    outcome and is complete."""
+    import stress.bounded as bounded
+    objects = lambda t, k: "shared" if k == 1 else f"own{t}"   # noqa: E731
+    fp = lambda t, label, arg: (label, True)                    # noqa: E731
+    prog, out = program(3, 3, objects)
+    whole = explore(prog, 2, iterative=False, footprint=fp)
+    monkeypatch.setattr(bounded, "CACHE_CAP", 5)
+    prog_c, out_c = program(3, 3, objects)
+    capped = explore(prog_c, 2, iterative=False, footprint=fp)
+    assert whole.complete and capped.complete
+    assert set(out_c) == set(out)
+    assert capped.pruned < whole.pruned and capped.schedules > whole.schedules
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
 def test_a_program_that_is_not_deterministic_is_refused():
     calls = itertools.count()
 
