@@ -346,6 +346,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ok = 0
     last = None
     for i in range(args.times):
+        _raise_if_signalled()          # a signal Python swallowed stops a long --times too
         got = replay(rp)
         last = got
         r = got.run
@@ -378,7 +379,8 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     # where it goes is checked before the shrinking, not after it
     dest = output_file(args.out, "-o") if to_file else make_out_dir(args.out)
     try:
-        out, before, after, runs = shrink_repro(rp, max_runs=args.max_runs)
+        out, before, after, runs = shrink_repro(rp, max_runs=args.max_runs,
+                                                check=_raise_if_signalled)
     except ValueError as e:
         print(f"tdx-stress: {e}", file=sys.stderr)
         return ExitCode.DIVERGED

@@ -50,7 +50,11 @@ def size_of(r: RunResult, w: Workload) -> Size:
 
 
 class Shrinker:
-    def __init__(self, repro: Repro, *, max_runs: int = 3000, search: int = 4) -> None:
+    def __init__(self, repro: Repro, *, max_runs: int = 3000, search: int = 4,
+                 check: Callable[[], None] | None = None) -> None:
+        """``check`` is called before every run: the command line's raises when a signal
+        came that Python swallowed (stress.cli._raise_if_signalled)."""
+        self.check = check
         self.search = search
         self.best_steps = 0
         self.repro = repro
@@ -72,6 +76,8 @@ class Shrinker:
         for k in range(1 + search):
             if self.runs >= self.max_runs:
                 return None
+            if self.check is not None:
+                self.check()
             self.runs += 1
             # fresh schedules, PCT (few preemptions by construction) and random in turn
             rng = random.Random(f"tdx-stress:shrink:{self.seed}:{self.runs}")
@@ -269,8 +275,9 @@ def aligned(r: RunResult, vcpus: int, drop: set[tuple[str, int, int]]) -> list[i
             if k < 0 or item(t, k) not in drop]
 
 
-def shrink_repro(repro: Repro, max_runs: int = 3000) -> tuple[dict, Size, Size, int]:
-    s = Shrinker(repro, max_runs=max_runs)
+def shrink_repro(repro: Repro, max_runs: int = 3000,
+                 check: Callable[[], None] | None = None) -> tuple[dict, Size, Size, int]:
+    s = Shrinker(repro, max_runs=max_runs, check=check)
     out, before, after = s.shrink()
     return out, before, after, s.runs
 

@@ -490,6 +490,48 @@ def test_a_signal_python_swallows_in_any_command_still_exits_130(monkeypatch, ca
     assert "tdx-stress: interrupted" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["replay", "shrink"])
+def test_a_swallowed_signal_stops_a_long_replay_or_shrink_at_its_next_run(
+        hunted, tmp_path, monkeypatch, capsys, command):
+    """replay --times N and shrink check for a swallowed signal before every run: they
+    stop at the next one with 130, not after the thousands they were asked for."""
+    import signal
+    import weakref
+
+    from stress import cli, replay as replay_mod
+    real = replay_mod.replay
+    calls = []
+
+    def replay_hit_by_a_signal(rp, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            class Obj:
+                pass
+            o = Obj()
+            ref = weakref.ref(o, lambda _: cli._stop(signal.SIGTERM, None))  # noqa: F841
+            del o
+        return real(rp, *a, **kw)
+    if command == "replay":
+        monkeypatch.setattr(replay_mod, "replay", replay_hit_by_a_signal)
+        argv = ["replay", str(hunted["repro"]), "--times", "1000"]
+    else:
+        # the shrinker's first step is a replay of the repro: the signal lands there;
+        # then no candidate may run
+        import stress.shrink as shrink_mod
+        monkeypatch.setattr(shrink_mod, "replay", replay_hit_by_a_signal)
+        real_run = shrink_mod.run_seed
+
+        def run_seed(*a, **kw):
+            calls.append(2)
+            return real_run(*a, **kw)
+        monkeypatch.setattr(shrink_mod, "run_seed", run_seed)
+        argv = ["shrink", str(hunted["repro"]), "-o", str(tmp_path / "s.json"),
+                "--max-runs", "50"]
+    assert cli.main(argv) == cli.ExitCode.INTERRUPTED
+    assert "tdx-stress: interrupted" in capsys.readouterr().err
+    assert calls == [1]
+
+
 def test_an_interrupted_nightly_reports_nothing_clean(tmp_path):
     out = tmp_path / "job"
     p = _spawn(["nightly", "--variants", "v6.19", "--duration", 60, "--canary", "none",
