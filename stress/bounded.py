@@ -63,8 +63,8 @@ Example::
 from __future__ import annotations
 
 import time
-from hashlib import blake2b
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Callable, Hashable, Iterator
 
 from core.findings import Finding
@@ -507,5 +507,5 @@ def explore(execute: Callable[[BoundedStrategy], tuple[list[Finding], list[int]]
     return out
 
 
-__all__ = ["BoundedStrategy", "Exploration", "explore", "walks", "model_footprint", "NonDeterminism",
-           "PRUNED"]
+__all__ = ["BoundedStrategy", "Exploration", "explore", "walks", "model_footprint",
+           "NonDeterminism", "PRUNED"]

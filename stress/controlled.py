@@ -95,12 +95,13 @@ def model_cpu() -> int | None:
 @contextlib.contextmanager
 def one_cpu() -> Iterator[int | None]:
     """Keep the calling thread, and the threads it starts, on this process's CPU
-    (:func:`model_cpu`), and give it back its CPUs after.  One thread of a controlled run runs at a time and the
-    baton passes thousands of times a run: a thread woken on another CPU waits for that
-    CPU to wake up.  On the 2-CPU VM this was measured on, 20 default runs in one
-    process (medians of 4 rounds): 3.10 s free to move, 2.20 s with the model threads
-    on one CPU, 1.65 s with the caller (setup, teardown, invariants) on it too.
-    Campaign workers are on one CPU each already (nothing to do then)."""
+    (:func:`model_cpu`), and give it back its CPUs after.  One thread of a controlled
+    run runs at a time and the baton passes thousands of times a run: a thread woken on
+    another CPU waits for that CPU to wake up.  On the 2-CPU VM this was measured on,
+    20 default runs in one process (medians of 4 rounds): 3.10 s free to move, 2.20 s
+    with the model threads on one CPU, 1.65 s with the caller (setup, teardown,
+    invariants) on it too.  Campaign workers are on one CPU each already (nothing to
+    do then)."""
     cpu = model_cpu()
     if cpu is None:
         yield None

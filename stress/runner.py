@@ -29,7 +29,6 @@ from .strategies import (
     Strategy,
     TraceStrategy,
     is_sync,
-    learn_horizon,
     pct_horizon,
 )
 from .workload import Running, Workload, generate, new_vm, vcpu_role, zapper_role
@@ -304,7 +303,8 @@ BOUNDED_CAP = 200_000
 
 def explore_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
                  deadline: float | None = None, max_executions: int = BOUNDED_CAP,
-                 progress: Callable | None = None) -> tuple[RunResult | None, list[RunResult], "Exploration"]:
+                 progress: Callable | None = None
+                 ) -> tuple[RunResult | None, list[RunResult], "Exploration"]:
     """``--strategy bounded``: every schedule of seed ``seed``'s workload with at most
     ``cfg.preemptions`` preemptions (:mod:`stress.bounded`).  Returns the executions that
     brought a new finding (each replays from its own schedule) and what the walk did,
@@ -327,4 +327,5 @@ def explore_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
     return (first[0] if first else None), kept, e
 
 
-__all__ = ["RunResult", "run_seed", "learned_pct_ks", "with_learned_pct_ks", "pct_k_of", "CalibrationCut", "explore_seed", "hunt_stop", "ScheduleDiverged"]
+__all__ = ["RunResult", "run_seed", "learned_pct_ks", "with_learned_pct_ks", "pct_k_of",
+           "CalibrationCut", "explore_seed", "hunt_stop", "ScheduleDiverged"]

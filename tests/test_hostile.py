@@ -498,7 +498,8 @@ def test_a_swallowed_signal_stops_a_long_replay_or_shrink_at_its_next_run(
     import signal
     import weakref
 
-    from stress import cli, replay as replay_mod
+    from stress import cli
+    from stress import replay as replay_mod
     real = replay_mod.replay
     calls = []
 

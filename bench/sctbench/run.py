@@ -16,7 +16,7 @@ from core.findings import Recorder
 from stress.controlled import ControlledScheduler
 from stress.strategies import Strategy
 
-from .common import Program, holders
+from .common import Program
 
 
 @dataclass
