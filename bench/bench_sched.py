@@ -24,13 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.findings import Recorder  # noqa: E402
 from core.sched import ThreadCtx, set_current  # noqa: E402
 from core.store import KvmMmuPage  # noqa: E402
-from stress.controlled import ControlledScheduler  # noqa: E402
+from stress.controlled import ControlledScheduler, one_cpu  # noqa: E402
 from stress.free import FreeScheduler  # noqa: E402
 from stress.strategies import Strategy  # noqa: E402
 
 
 def bare_baton(n_threads: int, handoffs: int) -> float:
-    """Handoffs per second of a ring of threads passing one baton (a Lock each)."""
+    """Handoffs per second of a ring of threads passing one baton (a Lock each), on one
+    CPU as a controlled run is (stress.controlled.one_cpu): like with like."""
+    with one_cpu():
+        return _bare_baton(n_threads, handoffs)
+
+
+def _bare_baton(n_threads: int, handoffs: int) -> float:
     locks = [threading.Lock() for _ in range(n_threads)]
     for lk in locks:
         lk.acquire()
