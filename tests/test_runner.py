@@ -4,7 +4,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,18 +54,29 @@ class _Known:
     seed: int | None = None
 
 
+_SHARED: list[Path] = []      # the session's directory for shared searches (xdist only)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_searches(tmp_path_factory):
+    """Under xdist, every worker's base temp is a directory of the session's own (which
+    pytest removes with old sessions): searches are shared there."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _SHARED[:] = [tmp_path_factory.getbasetemp().parent / "first-hits"]
+    yield
+
+
 @contextlib.contextmanager
 def _shared_seed(key):
     """The seed of a default search, shared by the xdist workers of one test session
-    (a file per search under the session's id; no sharing without xdist).  A worker
-    that needs a search another is running waits for it rather than repeating it
-    (hunt-a2's first hit takes 62 runs, about 14 s)."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    (a file per search in the session's temp directory; no sharing without xdist).  A
+    worker that needs a search another is running waits for it rather than repeating
+    it (hunt-a2's first hit takes 62 runs, about 14 s)."""
     known = _Known()
-    if not uid:
+    if not _SHARED:
         yield known
         return
-    d = Path(tempfile.gettempdir()) / f"tdx-stress-first-hits-{uid}"
+    d = _SHARED[0]
     d.mkdir(exist_ok=True)
     name = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
     with open(d / f"{name}.lock", "a+") as lock:
