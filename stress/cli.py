@@ -7,6 +7,7 @@ exit codes live in :class:`ExitCode` and are mapped here only.  ``main`` returns
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -620,7 +621,37 @@ def main(argv: list[str] | None = None) -> int:
                 os.close(fd)
             except (OSError, ValueError):
                 pass
+    if argv is None:            # the program (sys.argv), not a caller in this process
+        exit_watchdog(int(code))
     return int(code)
+
+
+EXIT_GRACE = 30.0   # seconds the interpreter gets to exit once the command has ended
+
+
+def exit_watchdog(code: int, grace: float = EXIT_GRACE) -> threading.Timer:
+    """Bound the interpreter's exit: once the command has ended (its output written and
+    flushed, its exit code known), what is left is Python's shutdown (joining threads,
+    atexit handlers: multiprocessing's, concurrent.futures' executor threads).  CI once
+    saw ``run --stop-on-first`` write every file of its run directory within 2 s and
+    then not exit for 240 s.  If the exit takes longer than ``grace``, every thread's
+    stack goes to stderr (what hung) and the process ends with the command's code."""
+    def fire() -> None:
+        try:
+            sys.stderr.write(f"tdx-stress: the process had not exited {grace:g} s after the "
+                             f"command ended (its output is written); ending it with the "
+                             f"command's exit code ({code}).  Its threads:\n")
+            sys.stderr.flush()
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            os._exit(code)
+    t = threading.Timer(grace, fire)
+    t.daemon = True
+    t.start()
+    return t
 
 
 # the run directory of the command running, once it has one: where an internal error's

@@ -603,3 +603,29 @@ def test_duration_bounds_the_campaign_with_the_run_in_flight(tmp_path, extra):
         assert s["runs"] == 0 and s["pct"] is None
         return
     assert s["stop_reason"] == "duration" and s["cut_short_runs"] >= 1, s
+
+
+def test_an_exit_that_hangs_after_the_command_ends_is_bounded():
+    """Once a command has ended, the exit watchdog bounds Python's shutdown: a hung
+    atexit handler (CI once saw a finished run not exit for 240 s) ends after the grace
+    with the command's exit code and every thread's stack on stderr; an ordinary exit
+    is not held up."""
+    import sys
+    import time
+    hung = ("import atexit, sys, time\n"
+            "from stress import cli\n"
+            "atexit.register(time.sleep, 60)\n"
+            "cli.exit_watchdog(3, grace=1.0)\n"
+            "sys.exit(3)\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", hung], env=_env(), capture_output=True,
+                       text=True, timeout=30)
+    took = time.monotonic() - t0
+    assert r.returncode == 3 and took < 15, (r.returncode, took, r.stderr)
+    assert "had not exited 1 s after the command ended" in r.stderr, r.stderr
+    assert "Thread 0x" in r.stderr, r.stderr         # every thread's stack
+    ok = "from stress import cli\nimport sys\ncli.exit_watchdog(0, grace=20.0)\nsys.exit(0)\n"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", ok], env=_env(), capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and time.monotonic() - t0 < 10 and r.stderr == "", r.stderr
