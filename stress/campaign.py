@@ -34,6 +34,7 @@ from reports import rundir
 from reports.summary import FindingAgg, Totals
 
 from .config import RunConfig
+from .controlled import claim_cpu
 from .repro import Repro, make_repro, write_repro
 from .runner import (
     CalibrationCut,
@@ -62,13 +63,16 @@ def _worker_init(slot=None, executions=None) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # One CPU per worker: a seed passes its baton between threads thousands of times,
     # and a handoff costs about half as much when both threads share one CPU (measured).
+    # A CPU no other worker on this machine has claimed (claim_cpu()); when each is
+    # claimed, the next in turn among this pool's workers.
     if slot is not None and hasattr(os, "sched_setaffinity"):
         try:
             cpus = sorted(os.sched_getaffinity(0))
             with slot.get_lock():
-                mine = cpus[slot.value % len(cpus)]
+                turn = slot.value
                 slot.value += 1
-            os.sched_setaffinity(0, {mine})
+            mine = claim_cpu(cpus[turn % len(cpus):] + cpus[:turn % len(cpus)])
+            os.sched_setaffinity(0, {cpus[turn % len(cpus)] if mine is None else mine})
         except (OSError, ValueError):
             pass
     # and if the parent is killed outright, workers must not live on as orphans

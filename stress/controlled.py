@@ -60,6 +60,38 @@ _getcpu = _sched_getcpu()
 
 
 _model_cpu: int | None = None      # this process's choice (model_cpu(), set_model_cpu())
+_claimed: list[object] = []         # the lock file of the CPU this process claimed
+
+
+def claim_cpu(cpus: Sequence[int]) -> int | None:
+    """Claim one of ``cpus`` that no other process of this user has claimed, for as long
+    as this process lives: a lock file per CPU in the temp directory, locked with
+    flock(), so that a crash or SIGKILL releases it.  Campaign workers call this, so
+    that two campaigns on one machine (shards side by side, tests) spread over the
+    CPUs instead of each putting its first worker on the first CPU.  None: every one is
+    claimed (or locking is not possible here); the caller then shares."""
+    if _claimed:
+        return None
+    try:
+        import fcntl
+        import tempfile
+        d = os.path.join(tempfile.gettempdir(), f"tdx-stress-cpus-{os.getuid()}")
+        os.makedirs(d, exist_ok=True)
+    except (ImportError, OSError, AttributeError):
+        return None
+    for cpu in cpus:
+        try:
+            f = open(os.path.join(d, f"{cpu}.lock"), "a")      # noqa: SIM115 (held)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _claimed.append(f)
+        return cpu
+    return None
 
 
 def set_model_cpu(cpu: int | None) -> None:

@@ -515,3 +515,39 @@ def test_a_run_keeps_its_threads_on_one_cpu_and_gives_the_caller_its_cpus_back()
         assert seen["a"] == {other} and os.sched_getaffinity(0) == before
     finally:
         set_model_cpu(cpu)
+
+
+def test_campaign_workers_claim_cpus_no_other_process_holds(tmp_path):
+    """claim_cpu(): one CPU per process across the machine (a lock file each, in the
+    temp directory), given back when the process dies, even by SIGKILL; with every CPU
+    claimed the answer is None (the worker then shares)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=root)
+    code = ("import sys\nfrom stress.controlled import claim_cpu\n"
+            "print(claim_cpu([7, 8]), flush=True)\nsys.stdin.read()\n")
+
+    def claimer():
+        p = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return p, p.stdout.readline().strip()
+    procs = []
+    try:
+        a, got_a = claimer()
+        procs.append(a)
+        b, got_b = claimer()
+        procs.append(b)
+        c, got_c = claimer()
+        procs.append(c)
+        assert (got_a, got_b, got_c) == ("7", "8", "None")
+        a.kill()
+        a.wait(10)
+        d, got_d = claimer()
+        procs.append(d)
+        assert got_d == "7"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
