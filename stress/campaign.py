@@ -526,7 +526,8 @@ class Campaign:
 
     def _shrink_all(self, ctx) -> None:
         with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
-                                 initializer=_worker_init) as pool:
+                                 initializer=_worker_init,
+                                 initargs=(ctx.Value("i", 0),)) as pool:
             futs = {sig: pool.submit(shrink_task, d, self.spec.shrink_runs)
                     for sig, d in self.repros.items()}
             for sig, fut in futs.items():
