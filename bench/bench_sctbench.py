@@ -259,6 +259,11 @@ def main() -> int:
     args = ap.parse_args()
     set_current(ThreadCtx("bench"))
     bases = [100_000 * (i + 1) for i in range(args.bases)]
+    for given, known, what in ((args.programs, PROGRAMS, "program"),
+                               (args.strategies, SEARCHES, "strategy")):
+        bad = [x for x in given.split(",") if x and x not in known]
+        if bad:
+            ap.error(f"unknown {what} {bad[0]!r}; known: {', '.join(known)}")
     programs = [PROGRAMS[p] for p in args.programs.split(",") if p]
     searches = {s: SEARCHES[s] for s in args.strategies.split(",") if s}
     print(f"caps: {args.cap_execs} executions or {args.cap_seconds:g} s per search; "
