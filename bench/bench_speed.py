@@ -11,6 +11,7 @@ the median over rounds of the ratio of their runs/s, not the absolute figures.
     python bench/bench_speed.py                       # this tree against 5a93889
     python bench/bench_speed.py --base REV --rounds 5 --seeds 40
     python bench/bench_speed.py --profile [--tree DIR | --profile-rev REV] [--seeds 20]
+    python bench/bench_speed.py --fingerprint [--fingerprint-rev REV] [--seeds 192]
 
 ``--base REV`` extracts that commit with ``git archive`` into a temporary directory (the
 repository and its worktrees are left as they are); ``--base-tree DIR`` uses a tree
@@ -66,6 +67,24 @@ def child_serve(tree: Path, warm_seed: int, cpu: int | None) -> None:
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         print(json.dumps({"wall": wall, "cpu": cpu, "steps": out[0]["steps"]}), flush=True)
+
+
+def child_fingerprint(tree: Path, seeds: list[int]) -> None:
+    """What a tree's model does on ``seeds`` (default configuration, PCT's k learned as
+    a campaign does), as one hash over each run's trace hash, steps, decisions and
+    finding signatures: a change made for speed alone leaves it as it was."""
+    _import_from(tree)
+    import hashlib
+
+    from stress.config import RunConfig
+    from stress.runner import run_seed, with_learned_pct_ks
+    cfg = with_learned_pct_ks(RunConfig().validate())
+    h = hashlib.sha256()
+    for seed in seeds:
+        r = run_seed(cfg, seed, record_steps=False)
+        h.update(repr((seed, r.trace_hash, r.steps, len(r.schedule),
+                       sorted(f.signature for f in r.findings))).encode())
+    print(f"{len(seeds)} runs: {h.hexdigest()}")
 
 
 class _Snapshot:
@@ -234,6 +253,11 @@ def main() -> int:
     ap.add_argument("--profile-rev", default=None, metavar="REV",
                     help="with --profile: profile commit REV (extracted) instead of --tree")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--fingerprint", action="store_true",
+                    help="print a hash of what --tree's model does on the seeds (trace "
+                         "hashes, steps, decisions, findings) instead of comparing")
+    ap.add_argument("--fingerprint-rev", default=None, metavar="REV",
+                    help="with --fingerprint: of commit REV (extracted) instead of --tree")
     ap.add_argument("--cpu", default="first", metavar="N|first|any",
                     help="the CPU the measuring workers run on: like a campaign's worker, "
                          "pinned to one (default: the first allowed), or 'any'")
@@ -248,6 +272,13 @@ def main() -> int:
         cpu = int(a.cpu)
     if a.child:
         child_serve(a.tree, a.first_seed, cpu)
+        return 0
+    if a.fingerprint:
+        if a.fingerprint_rev is None:
+            child_fingerprint(a.tree, seeds)
+            return 0
+        with tempfile.TemporaryDirectory(prefix="bench-speed-fp-") as d:
+            child_fingerprint(extract(a.fingerprint_rev, Path(d)), seeds)
         return 0
     if a.profile:
         if a.profile_rev is None:
