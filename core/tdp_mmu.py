@@ -419,7 +419,9 @@ class TdpMmu:
         (tdp_mmu_iter_need_resched(): ``rwlock_needbreak()``; the model has no
         need_resched()) does the walk leave its RCU section, drop and retake the lock
         (cond_resched_rwlock_write()) and enter RCU again; otherwise it stays inside
-        the one read-side section, as the kernel's walk does.  After a yield the walk
+        the one read-side section, as the kernel's walk does (read in
+        ColinIanKing/linux-next @ 1c60d04aac53, arch/x86/kvm/mmu/tdp_mmu.c: source MMU
+        of core/SOURCES.md).  After a yield the walk
         restarts from the root at the next GFN (tdp_iter_restart() walks down to
         ``next_last_level_gfn``), not at the start of the range.  Returns whether
         anything was zapped.

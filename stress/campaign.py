@@ -87,6 +87,14 @@ def _worker_init(slot=None, executions=None) -> None:
             pass
 
 
+def worker_pool(ctx, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` set up as a campaign's (:func:`_worker_init`: interrupts
+    left to the parent, a CPU each, an end when the parent is killed outright), for the
+    work around a campaign: swim lanes, shrinking, ``table``."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(ctx.Value("i", 0),))
+
+
 def start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker (one per parent process, else started
     with its first semaphore) deaf to SIGHUP, before any worker pool.  It ignores SIGINT
@@ -502,9 +510,7 @@ class Campaign:
     def _lanes_all(self, ctx) -> None:
         """Draw each kept finding's swim lane beside its repro (``X.lane.txt``), so the
         reports can show it without running the machine (15 replays: about 0.2 s)."""
-        with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
-                                 initializer=_worker_init,
-                                 initargs=(ctx.Value("i", 0),)) as pool:
+        with worker_pool(ctx, self.spec.workers) as pool:
             futs = {sig: pool.submit(lane_task, d) for sig, d in self.repros.items()}
             for sig, fut in futs.items():
                 try:
@@ -525,9 +531,7 @@ class Campaign:
                 pass
 
     def _shrink_all(self, ctx) -> None:
-        with ProcessPoolExecutor(max_workers=self.spec.workers, mp_context=ctx,
-                                 initializer=_worker_init,
-                                 initargs=(ctx.Value("i", 0),)) as pool:
+        with worker_pool(ctx, self.spec.workers) as pool:
             futs = {sig: pool.submit(shrink_task, d, self.spec.shrink_runs)
                     for sig, d in self.repros.items()}
             for sig, fut in futs.items():

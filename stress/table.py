@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 from core.oracle import EXPECTED, ROW_TEXT, force_transition
 from core.variants import HUNT_OF_ROW, VARIANTS, get_variant
 
-from .campaign import _worker_init, start_resource_tracker
+from .campaign import start_resource_tracker, worker_pool
 from .config import RunConfig
 from .runner import hunt_stop, run_seed, with_learned_pct_ks
 
@@ -81,10 +80,7 @@ def observe(duration: float, workers: int = 2, base_seed: int = 0,
     names = list(VARIANTS) + [p for p in patches if p not in VARIANTS]
     ctx = multiprocessing.get_context("spawn")
     start_resource_tracker()            # a hang-up must not kill it (see there)
-    # a campaign's workers' set-up: interrupts left to the parent (which terminates
-    # them), a CPU each, and an end when the parent is killed outright
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                               initializer=_worker_init, initargs=(ctx.Value("i", 0),))
+    pool = worker_pool(ctx, workers)      # the parent terminates them to stop
     try:
         futs = {name: pool.submit(explore, name,
                                   duration if get_variant(name).as_designed else 6 * duration,
