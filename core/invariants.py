@@ -11,10 +11,12 @@ are the scheduler's to find.
 """
 from __future__ import annotations
 
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from .spte import (
     FROZEN_SPTE,
+    LEVEL_MASK,
     ROOT_LEVEL,
     SHADOW_NONPRESENT_VALUE,
     SPTE_MMU_PRESENT_MASK,
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from .kvm import Kvm
     from .store import KvmMmuPage
 
+_INDEXES = range(512)
+_NONPRESENT = SHADOW_NONPRESENT_VALUE
+
 
 def _walk(kvm: "Kvm", root: "KvmMmuPage"):
     """Every (table, index, gfn, level, value) reachable from ``root``, but for the
@@ -41,7 +46,9 @@ def _walk(kvm: "Kvm", root: "KvmMmuPage"):
         spt = sp.spt
         if spt.count(SHADOW_NONPRESENT_VALUE) == len(spt):
             continue
-        for i, v in [(i, v) for i, v in enumerate(spt) if v != SHADOW_NONPRESENT_VALUE]:
+        # the indexes in use, found without a Python loop over all 512 (compress()
+        # keeps the i whose entry differs from SHADOW_NONPRESENT_VALUE)
+        for i, v in [(i, spt[i]) for i in compress(_INDEXES, map(_NONPRESENT.__ne__, spt))]:
             yield sp, i, sp.gfn + i * n, sp.level, v
             if is_shadow_present_pte(v) and not is_last_spte(v, sp.level):
                 child = kvm.mmu.pages.get(spte_to_pfn(v))
@@ -70,7 +77,7 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
             mirror_seen[(level, gfn)] = v
             if not m.hkid_assigned:
                 continue
-            e = entries.get((level, gfn & -(1 << (9 * (level - 1)))))
+            e = entries.get((level, gfn & LEVEL_MASK[level]))
             state = e.state if e else FREE
             if is_last_spte(v, level):
                 if state not in (PENDING, MAPPED) or e is None or e.pfn != spte_to_pfn(v):

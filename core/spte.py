@@ -9,6 +9,9 @@ from __future__ import annotations
 PT64_ENT_PER_PAGE = 512
 PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G, PG_LEVEL_512G = 1, 2, 3, 4
 ROOT_LEVEL = 4  # 4-level EPT
+# gfn & LEVEL_MASK[level]: gfn_round_for_level(gfn, level), ~(level_pages(level) - 1),
+# looked up rather than computed (every S-EPT access rounds a GFN)
+LEVEL_MASK = (None,) + tuple(-(1 << (9 * (level - 1))) for level in range(1, ROOT_LEVEL + 2))
 
 VMX_EPT_READABLE_MASK = 1 << 0
 VMX_EPT_WRITABLE_MASK = 1 << 1
@@ -75,7 +78,7 @@ def spte_index(gfn: int, level: int) -> int:
 
 def gfn_round_for_level(gfn: int, level: int) -> int:
     """mmu.h gfn_round_for_level()."""
-    return gfn & -(1 << (9 * (level - 1)))     # gfn & ~(level_pages(level) - 1)
+    return gfn & LEVEL_MASK[level]     # gfn & ~(level_pages(level) - 1)
 
 
 def describe(spte: int, level: int) -> str:

@@ -22,7 +22,14 @@ import random
 from typing import Callable
 
 from .sched import Scheduler
-from .spte import PG_LEVEL_2M, PG_LEVEL_4K, ROOT_LEVEL, gfn_round_for_level, level_pages
+from .spte import (
+    LEVEL_MASK,
+    PG_LEVEL_2M,
+    PG_LEVEL_4K,
+    ROOT_LEVEL,
+    gfn_round_for_level,
+    level_pages,
+)
 from .tdx_errno import (
     TDX_EPT_ENTRY_STATE_INCORRECT,
     TDX_EPT_INVALID_PROMOTE_CONDITIONS,
@@ -85,6 +92,9 @@ SRC_TDVPR = "tdvpr"
 
 
 _LOCK_LABEL: dict[str, str] = {}     # SEAMCALL name -> the label of its first step
+# level -> the levels a walk to it passes through, from the root down (range(ROOT_LEVEL,
+# level, -1), made once)
+_LEVELS_ABOVE = tuple(tuple(range(ROOT_LEVEL, level, -1)) for level in range(ROOT_LEVEL + 1))
 
 
 class SeptEntry:
@@ -166,13 +176,9 @@ class _Call:
         ``lock(call, *lock_args)`` try-takes its locks; released again on failure."""
         m = self.module
         name = self.name
-        # the counts: calls[name] = calls.get(name, 0) + 1, without a call each
-        calls = m.calls
-        try:
-            calls[name] += 1
-        except KeyError:
-            calls[name] = 1
-        by = m.calls_by_phase[m.phase]
+        # the count of this phase's calls (calls_by_phase[phase][name] += 1), without a
+        # call or a lookup of the phase each
+        by = m.phase_calls
         try:
             by[name] += 1
         except KeyError:
@@ -244,27 +250,45 @@ class TdxModule:
         self.busy_rate = busy_rate
         self._rng = rng or random.Random(0)
         self.busy: dict[str, int] = {}
-        self.calls: dict[str, int] = {}
         # SEAMCALLs and TDCALLs by TD phase (PHASES), for the summary: what a user
         # checks first when a result looks odd.  KVM sets "teardown".
-        self.phase = PHASES[0]
         self.calls_by_phase: dict[str, dict[str, int]] = {p: {} for p in PHASES}
+        self.phase = PHASES[0]          # (sets phase_calls too)
         self.audit: list[tuple[int, str]] = []   # (docs/model.md §7 invariant number, message)
         self.audit_checked = 0                   # how much of it the checker has seen
         self.zero_step_arms = 0                  # GPAs recorded by zero-step mitigation
+
+    @property
+    def phase(self) -> str:
+        """The TD's phase (PHASES), for the accounting of SEAMCALLs by phase."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: str) -> None:
+        self._phase = phase
+        self.phase_calls = self.calls_by_phase[phase]   # the counts lock_step() adds to
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """SEAMCALLs and TDCALLs made, by name, over every phase."""
+        out: dict[str, int] = {}
+        for by in self.calls_by_phase.values():
+            for name, n in by.items():
+                out[name] = out.get(name, 0) + n
+        return out
 
     # ------------------------------------------------------------------ S-EPT access
     # (level, gfn_round_for_level(gfn, level)) is the key of an entry; the rounding is
     # written out in the two helpers every S-EPT access goes through
     def entry(self, gfn: int, level: int) -> SeptEntry:
-        key = (level, gfn & -(1 << (9 * (level - 1))))
+        key = (level, gfn & LEVEL_MASK[level])
         e = self.entries.get(key)
         if e is None:
             e = self.entries[key] = SeptEntry()
         return e
 
     def peek(self, gfn: int, level: int) -> SeptEntry | None:
-        return self.entries.get((level, gfn & -(1 << (9 * (level - 1)))))
+        return self.entries.get((level, gfn & LEVEL_MASK[level]))
 
     def _walk(self, gfn: int, level: int) -> tuple[SeptEntry | None, int]:
         """Walk from the root to the entry of ``level`` that maps ``gfn``.
@@ -276,8 +300,8 @@ class TdxModule:
         no as-designed path needs to walk through a blocked one.)
         """
         entries = self.entries
-        for lvl in range(ROOT_LEVEL, level, -1):
-            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
+        for lvl in _LEVELS_ABOVE[level]:          # ROOT_LEVEL down to level + 1
+            e = entries.get((lvl, gfn & LEVEL_MASK[lvl]))     # peek(gfn, lvl)
             if e is not None and e.state == NL_MAPPED:
                 continue
             state = e.state if e else FREE
@@ -285,7 +309,7 @@ class TdxModule:
                 return None, TDX_PAGE_SIZE_MISMATCH
             return None, TDX_EPT_WALK_FAILED
         # self.entry(gfn, level), inline
-        key = (level, gfn & -(1 << (9 * (level - 1))))
+        key = (level, gfn & LEVEL_MASK[level])
         e = entries.get(key)
         if e is None:
             e = entries[key] = SeptEntry()
@@ -295,7 +319,7 @@ class TdxModule:
         """The leaf mapping ``gfn`` at any level, if the walk reaches one."""
         entries = self.entries
         for lvl in range(ROOT_LEVEL, 0, -1):
-            e = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))     # peek(gfn, lvl)
+            e = entries.get((lvl, gfn & LEVEL_MASK[lvl]))     # peek(gfn, lvl)
             if e is None or e.state == FREE:
                 return None
             if e.state in LEAF_STATES:
@@ -357,24 +381,19 @@ class TdxModule:
             SRC_EPOCH, TDX_OPERAND_ID_TD_EPOCH)
 
     def _release(self, call: _Call) -> None:
-        entries = call.entries
-        if entries:
-            for e in entries:
-                if e.lock is call:
-                    e.lock = None
-            entries.clear()
-        held = call.held
-        if held:
-            for lock, excl in held:
-                # lock.release(excl), written out (TryRwLock.release)
-                if excl:
-                    lock.excl = None
-                else:
-                    lock.shared -= 1
-            held.clear()
+        """Release every lock ``call`` took.  Once per call: by its first step when that
+        fails, else by its second."""
+        for e in call.entries:
+            if e.lock is call:
+                e.lock = None
+        for lock, excl in call.held:
+            # lock.release(excl), written out (TryRwLock.release)
+            if excl:
+                lock.excl = None
+            else:
+                lock.shared -= 1
         if call.tdvpr is not None:
             call.tdvpr.tdvpr_lock = None
-            call.tdvpr = None
 
     def _inject(self) -> bool:
         if self.busy_rate <= 0.0 or not any(v.running_epoch is not None for v in self.vcpus):
@@ -416,12 +435,23 @@ class TdxModule:
 
     # ------------------------------------------------------------------ SEAMCALLs
     def _lock_host_entry(self, call: _Call, gfn: int, level: int, tree_excl: bool) -> int:
-        # _take_tdr(call, False) or _take_tree(call, tree_excl), written out
-        if not self.tdr.take(call, False):
+        # _take_tdr(call, False), then _take_tree(call, tree_excl), with their
+        # TryRwLock.take() written out (most SEAMCALLs come through here)
+        tdr = self.tdr
+        if tdr.excl is not None:
             return self._busy(SRC_TDR, TDX_OPERAND_ID_TDR)
-        if not self.tree.take(call, tree_excl):
-            return self._busy(self._tree_holder_source() if self.tree.excl else SRC_SEPT_TREE,
+        tdr.shared += 1
+        held = call.held
+        held.append((tdr, False))
+        tree = self.tree
+        if tree.excl is not None or (tree_excl and tree.shared):
+            return self._busy(self._tree_holder_source() if tree.excl else SRC_SEPT_TREE,
                               TDX_OPERAND_ID_SEPT)
+        if tree_excl:
+            tree.excl = call
+        else:
+            tree.shared += 1
+        held.append((tree, tree_excl))
         e, err = self._walk(gfn, level)
         if err:
             return err | TDX_OPERAND_ID_RCX
@@ -779,7 +809,7 @@ class TdxModule:
             # EPT-violation exit of type ACCEPT to KVM.
             entries = self.entries
             for lvl in range(ROOT_LEVEL, level, -1):
-                up = entries.get((lvl, gfn & -(1 << (9 * (lvl - 1)))))    # peek(gfn, lvl)
+                up = entries.get((lvl, gfn & LEVEL_MASK[lvl]))    # peek(gfn, lvl)
                 state = up.state if up else FREE
                 if state == NL_MAPPED:
                     continue

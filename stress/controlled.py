@@ -226,6 +226,11 @@ class SchedulerView:
     def names(self) -> list[str]:
         return [t.name for t in self._s.threads]
 
+    @property
+    def nthreads(self) -> int:
+        """How many threads the run has (finished ones included)."""
+        return len(self._s.threads)
+
     def label(self, i: int) -> str:
         """Thread ``i``'s next operation."""
         return self._s.threads[i].label
@@ -363,6 +368,7 @@ class ControlledScheduler:
         self._waiting = 0                   # threads parked at an operation with ready()
         self._waiters: list[_Thread] = []   # ... those threads, in index order
         self._trace = 0                     # TraceHash's value, kept by op()
+        self._check_at = min(1024, max_steps)   # the step op() next calls _budget() at
         self._preemptions = 0               # Preemptions' count, kept by _dispatch()
         self._log = StepLog() if record_steps else None
         self._items = DecisionItems() if record_steps else None
@@ -455,7 +461,9 @@ class ControlledScheduler:
         t.finished = True
         t.label = "exit"
         self._live.remove(t)
-        self._live_indexes.remove(t.index)
+        # a new list, never one changed in place: op() hands the strategy this list
+        # itself when no thread waits, and a strategy may keep what it was given
+        self._live_indexes = [i for i in self._live_indexes if i != t.index]
         self._dispatch(t)
 
     def _runnable(self) -> list[_Thread]:
@@ -479,7 +487,7 @@ class ControlledScheduler:
             nxt = live[0] if live else None
         else:
             # every live thread is runnable unless one waits at an operation with ready()
-            indexes = self._runnable_indexes() if self._waiting else self._live_indexes[:]
+            indexes = self._runnable_indexes() if self._waiting else self._live_indexes
             if not indexes:
                 if not live:
                     nxt = None
@@ -567,8 +575,6 @@ class ControlledScheduler:
             waiters.append(me)
             if len(waiters) > 1:
                 waiters.sort(key=_index_of)
-        ctx = me.ctx
-        ctx.pending = label
         # Park unless we picked ourselves.  Decide from what *this* decision chose, never
         # from self.current: the thread we woke may already have handed the baton back.
         if self.aborting:
@@ -582,41 +588,40 @@ class ControlledScheduler:
                 for t in self._waiters:
                     if not t.ready():       # type: ignore[misc]
                         indexes.remove(t.index)
+                if not indexes:
+                    if self._no_runnable(me) is not me:
+                        me.baton.acquire()
+                    raise Abort()           # (a deadlock aborts the run)
             else:
-                indexes = self._live_indexes[:]
-            if not indexes:
-                if self._no_runnable(me) is not me:
-                    me.baton.acquire()
-            else:
-                view = self.view
-                view.current = index = me.index
-                view.current_label = label
-                try:
-                    idx = self.strategy.choose(view, indexes)
-                except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
-                    idx = self._strategy_stopped(e, indexes)
-                self.schedule.append(idx)
-                if idx != index:
-                    # Preemptions.decided(), inline
-                    if label not in YIELD_HINTS and index in indexes:
-                        self._preemptions += 1
-                    if self._on_decide:
-                        self._tell_decided(me, idx, indexes)
-                    nxt = self.current = self.threads[idx]
-                    nxt.baton.release()
-                    me.baton.acquire()
-                elif self._on_decide:
+                indexes = self._live_indexes    # never changed in place (see _body)
+            view = self.view
+            view.current = index = me.index
+            view.current_label = label
+            try:
+                idx = self.strategy.choose(view, indexes)
+            except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
+                idx = self._strategy_stopped(e, indexes)
+            self.schedule.append(idx)
+            if idx != index:
+                # Preemptions.decided(), inline
+                if label not in YIELD_HINTS and index in indexes:
+                    self._preemptions += 1
+                if self._on_decide:
                     self._tell_decided(me, idx, indexes)
+                nxt = self.current = self.threads[idx]
+                nxt.baton.release()
+                me.baton.acquire()
+            elif self._on_decide:
+                self._tell_decided(me, idx, indexes)
         if self.aborting:
             raise Abort()
         if ready is not None:
             me.ready = None
             self._waiting -= 1
             self._waiters.remove(me)
-        ctx.pending = ""
+        ctx = me.ctx
         ctx.op = label
-        step = self.step + 1
-        self.step = ctx.last_step = step
+        self.step = ctx.last_step = self.step + 1
         result = fn()
         # TraceHash.step_taken(), inline: mix(value, thread, label), the thread's part
         # and the label's made once per label
@@ -628,14 +633,15 @@ class ControlledScheduler:
         if self._on_step:
             for ins in self._on_step:
                 ins.step_taken(self.step, me.index, label, arg, result)
-        step = self.step
-        if not step & 1023 or step >= self.max_steps:
+        if self.step >= self._check_at:
             self._budget()
         return result
 
     def _budget(self) -> None:
-        """At every 1024th step and past ``max_steps``: the campaign's time (cut short)
-        and the step limit (a HANG) end the run here."""
+        """At every 1024th step and past ``max_steps`` (``_check_at`` is the next of
+        these): the campaign's time (cut short) and the step limit (a HANG) end the run
+        here."""
+        self._check_at = min(((self.step >> 10) + 1) << 10, self.max_steps)
         if self.deadline is not None and not self.step & 1023 and not self.aborting \
                 and time.monotonic() > self.deadline:
             self._abort(CUT_SHORT)

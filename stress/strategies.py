@@ -137,13 +137,17 @@ class PCTStrategy(Strategy):
         self._burst = 0          # steps left in a spin hint's burst
         self._burst_to = -1
         self._sync_of: dict[str, bool] = {}  # label -> sync(label), asked once a label
+        self._fresh = True       # some thread may have no priority yet
 
     def choose(self, view: SchedulerView, runnable: list[int]) -> int:
         priorities = self.priorities
-        for i in runnable:
-            if i not in priorities:
-                # fresh threads get a random priority above every changed one
-                priorities[i] = 1.0 + self.rng.random()
+        if self._fresh:
+            for i in runnable:
+                if i not in priorities:
+                    # fresh threads get a random priority above every changed one
+                    priorities[i] = 1.0 + self.rng.random()
+            # every thread is runnable at a run's first decision: this is done once
+            self._fresh = len(priorities) < view.nthreads
         cur, label = view.current, view.current_label
         if cur is not None and label != "exit":
             # self.sync(label), asked once per label (sync is a function of the label)

@@ -584,8 +584,11 @@ def test_duration_bounds_the_campaign_with_the_run_in_flight(tmp_path, extra):
     ops = 1000 if extra else 10000
     # D = 5 s: the workers (spawned, importing, each on a CPU it shares with a busy test
     # worker) must have begun a run before the time runs out; with 3 s, twice in one
-    # session of full-suite runs, neither of two workers had
-    D = 5
+    # session of full-suite runs, neither of two workers had.  Learning k runs in this
+    # process before any worker: 2 s, well inside its four calibration runs of 10000 ops
+    # (each one's workload alone takes over a second to make; with 5 s, a faster model
+    # once finished learning in time)
+    D = 5 if extra else 2
     p = subprocess.Popen(_cmd(["run", "--vcpus", 16, "--zappers", 16, "--ops", ops,
                                "--max-steps", 100_000_000, "--duration", D, "--seed", 1,
                                "--out", out, *extra]),
