@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING
 from .spte import (
     FROZEN_SPTE,
     LEVEL_MASK,
+    PG_LEVEL_4K,
+    PT_PAGE_SIZE_MASK,
     ROOT_LEVEL,
     SHADOW_NONPRESENT_VALUE,
+    SPTE_BASE_ADDR_MASK,
     SPTE_MMU_PRESENT_MASK,
     is_last_spte,
     is_shadow_present_pte,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 _INDEXES = range(512)
 _NONPRESENT = SHADOW_NONPRESENT_VALUE
+_MAPPED_LEAF = frozenset((PENDING, MAPPED))       # the states of a mirrored S-EPT leaf
+_TABLE_STATES = frozenset((NL_MAPPED, NL_BLOCKED))  # the states of a parent S-EPT entry
 
 
 def _walk(kvm: "Kvm", root: "KvmMmuPage"):
@@ -63,42 +68,49 @@ def check_invariants(kvm: "Kvm", final: bool = False) -> list[tuple[int, str]]:
     mirror_seen: dict[tuple[int, int], int] = {}
 
     # 2: nothing reachable is frozen (both roots); 1: mirror -> S-EPT agreement.
-    # (is_frozen_spte(), is_shadow_present_pte() and m.peek() written out: this visits
-    # every entry in use)
+    # (is_frozen_spte(), is_shadow_present_pte(), is_last_spte(), spte_to_pfn() and
+    # m.peek() written out: this visits every entry in use, twice a run)
     entries = m.entries
-    for root in (kvm.mmu.mirror_root, kvm.mmu.direct_root):
-        for sp, i, gfn, level, v in _walk(kvm, root):
-            if v == FROZEN_SPTE:
-                out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
-            if not root.is_mirror or not v & SPTE_MMU_PRESENT_MASK:
-                continue
-            if sp.freed:
-                out.append((6, f"freed table {sp!r} still reachable"))
-            mirror_seen[(level, gfn)] = v
-            if not m.hkid_assigned:
-                continue
-            e = entries.get((level, gfn & LEVEL_MASK[level]))
-            state = e.state if e else FREE
-            if is_last_spte(v, level):
-                if state not in (PENDING, MAPPED) or e is None or e.pfn != spte_to_pfn(v):
-                    out.append((1, f"mirror leaf gfn={gfn:#x} L{level} pfn={spte_to_pfn(v):#x}"
-                                   f" but S-EPT {state} pfn={getattr(e, 'pfn', None)}"))
-            else:
-                child = kvm.mmu.pages.get(spte_to_pfn(v))
-                ext = child.external_spt if child else None
-                if state != NL_MAPPED or e is None or e.pfn != ext:
-                    out.append((1, f"mirror non-leaf gfn={gfn:#x} L{level} but S-EPT {state}"))
+    pages = kvm.mmu.pages
+    hkid = m.hkid_assigned
+    for sp, i, gfn, level, v in _walk(kvm, kvm.mmu.mirror_root):
+        if v == FROZEN_SPTE:
+            out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
+        if not v & SPTE_MMU_PRESENT_MASK:
+            continue
+        if sp.freed:
+            out.append((6, f"freed table {sp!r} still reachable"))
+        mirror_seen[(level, gfn)] = v
+        if not hkid:
+            continue
+        e = entries.get((level, gfn & LEVEL_MASK[level]))
+        pfn = (v & SPTE_BASE_ADDR_MASK) >> 12
+        if level == PG_LEVEL_4K or v & PT_PAGE_SIZE_MASK:        # a leaf
+            if e is None or e.state not in _MAPPED_LEAF or e.pfn != pfn:
+                out.append((1, f"mirror leaf gfn={gfn:#x} L{level} pfn={pfn:#x}"
+                               f" but S-EPT {e.state if e else FREE} "
+                               f"pfn={getattr(e, 'pfn', None)}"))
+        else:
+            child = pages.get(pfn)
+            ext = child.external_spt if child else None
+            if e is None or e.state != NL_MAPPED or e.pfn != ext:
+                out.append((1, f"mirror non-leaf gfn={gfn:#x} L{level} but S-EPT "
+                               f"{e.state if e else FREE}"))
+    for sp, i, gfn, level, v in _walk(kvm, kvm.mmu.direct_root):
+        if v == FROZEN_SPTE:
+            out.append((2, f"FROZEN SPTE left at {sp!r}[{i}] (gfn={gfn:#x} L{level})"))
 
     # 1 (other direction) and 3 (no orphans): every live S-EPT entry is mirrored and
     # hangs below a non-leaf.
-    if m.hkid_assigned:
-        for (level, gfn), e in sorted(kv for kv in m.entries.items() if kv[1].state != FREE):
+    if hkid:
+        for (level, gfn), e in sorted(kv for kv in entries.items() if kv[1].state != FREE):
             if (level, gfn) not in mirror_seen:
                 out.append((1, f"S-EPT {e.state} gfn={gfn:#x} L{level} has no present "
                                "mirror SPTE"))
             if level < ROOT_LEVEL:
-                parent = m.peek(gfn, level + 1)
-                if parent is None or parent.state not in (NL_MAPPED, NL_BLOCKED):
+                up = level + 1
+                parent = entries.get((up, gfn & LEVEL_MASK[up]))     # m.peek(gfn, up)
+                if parent is None or parent.state not in _TABLE_STATES:
                     out.append((3, f"S-EPT {e.state} gfn={gfn:#x} L{level} is orphaned "
                                    f"(parent {getattr(parent, 'state', FREE)})"))
 

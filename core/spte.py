@@ -49,10 +49,6 @@ def spte_to_pfn(spte: int) -> int:
     return (spte & SPTE_BASE_ADDR_MASK) >> 12
 
 
-
-
-
-
 def make_spte(pfn: int, level: int, rwx: int = VMX_EPT_RWX_MASK) -> int:
     """spte.c make_spte(): a leaf.  Private leaves are always RWX."""
     spte = SPTE_MMU_PRESENT_MASK | (pfn << 12) | (rwx & VMX_EPT_RWX_MASK)

@@ -466,18 +466,17 @@ class TdpMmu:
         def walk(sp: KvmMmuPage):
             level = sp.level
             n = level_pages(level)
-            first = max(0, (start - sp.gfn) // n)
-            for i in range(first, 512):
-                gfn = sp.gfn + i * n
-                if gfn >= end:
-                    return
-                if gfn + n <= start:
-                    continue
+            # the entries that overlap [start, end): from the one holding start to the
+            # last one below end
+            base = sp.gfn
+            first = max(0, (start - base) // n)
+            last = min(512, (end - base + n - 1) // n)
+            for i in range(first, last):
                 v = sp.read(i)
                 if not v & SPTE_MMU_PRESENT_MASK:       # !is_shadow_present_pte(v)
                     continue
                 if is_last_spte(v, level):
-                    yield sp, i, gfn, level, v
+                    yield sp, i, base + i * n, level, v
                 else:
                     yield from walk(self.spte_to_child_sp(v))
         return walk(root)

@@ -152,7 +152,8 @@ def run_batch(cfg_dict: dict, seeds: list[int], stop_first: bool,
             if b is not None:
                 out.append(b)
             continue
-        r = run_seed(cfg, seed, stop_on=stop, record_steps=False, deadline=deadline)
+        r = run_seed(cfg, seed, stop_on=stop, record_steps=False, deadline=deadline,
+                     trace_hash=False)
         out.append(seed_summary(cfg, r))
     return out
 

@@ -341,12 +341,14 @@ class ControlledScheduler:
     ``record_steps`` adds the step log and the decision items to the instruments that
     every run has (trace hash, preemptions); ``instruments`` adds others.  The two that
     every run has are kept inline by :meth:`op` and :meth:`_dispatch` (what
-    :class:`TraceHash` and :class:`Preemptions` keep, without a call per step)."""
+    :class:`TraceHash` and :class:`Preemptions` keep, without a call per step).
+    ``trace_hash=False`` keeps no trace hash (:attr:`trace_hash` is None): a campaign's
+    workers, which report none, save its sum at every step."""
 
     def __init__(self, strategy: Strategy, *, max_steps: int = 200_000,
                  recorder: Recorder | None = None, record_steps: bool = True,
-                 instruments: Sequence[Instrument] = (), deadline: float | None = None
-                 ) -> None:
+                 instruments: Sequence[Instrument] = (), deadline: float | None = None,
+                 trace_hash: bool = True) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
         # a campaign's wall-clock end (time.monotonic()): past it the run is cut short at
@@ -368,6 +370,7 @@ class ControlledScheduler:
         self._waiting = 0                   # threads parked at an operation with ready()
         self._waiters: list[_Thread] = []   # ... those threads, in index order
         self._trace = 0                     # TraceHash's value, kept by op()
+        self._hashing = trace_hash          # ... if it is kept at all
         self._check_at = min(1024, max_steps)   # the step op() next calls _budget() at
         self._preemptions = 0               # Preemptions' count, kept by _dispatch()
         self._log = StepLog() if record_steps else None
@@ -383,8 +386,8 @@ class ControlledScheduler:
 
     # what the built-in instruments kept
     @property
-    def trace_hash(self) -> int:
-        return self._trace
+    def trace_hash(self) -> int | None:
+        return self._trace if self._hashing else None
 
     @property
     def preemptions(self) -> int:
@@ -526,6 +529,9 @@ class ControlledScheduler:
             self._all_done.set()
             return None
         self.current = nxt
+        # the view's current thread is the one with the baton: op() leaves it as it
+        # is, and every handoff (here and in op()) sets it
+        self.view.current = nxt.index
         if nxt is not me:
             nxt.baton.release()
         return nxt
@@ -595,8 +601,8 @@ class ControlledScheduler:
             else:
                 indexes = self._live_indexes    # never changed in place (see _body)
             view = self.view
-            view.current = index = me.index
-            view.current_label = label
+            view.current_label = label      # (view.current is me.index: see _hand_to)
+            index = me.index
             try:
                 idx = self.strategy.choose(view, indexes)
             except Exception as e:         # noqa: BLE001 (see _strategy_stopped)
@@ -609,6 +615,7 @@ class ControlledScheduler:
                 if self._on_decide:
                     self._tell_decided(me, idx, indexes)
                 nxt = self.current = self.threads[idx]
+                view.current = idx
                 nxt.baton.release()
                 me.baton.acquire()
             elif self._on_decide:
@@ -623,13 +630,14 @@ class ControlledScheduler:
         ctx.op = label
         self.step = ctx.last_step = self.step + 1
         result = fn()
-        # TraceHash.step_taken(), inline: mix(value, thread, label), the thread's part
-        # and the label's made once per label
-        try:
-            add = me.mixes[label]
-        except KeyError:
-            add = me.mixes[label] = me.index * 7919 + label_code(label)
-        self._trace = (self._trace * 1000003 + add) & 0xFFFFFFFFFFFFFFFF
+        if self._hashing:
+            # TraceHash.step_taken(), inline: mix(value, thread, label), the thread's
+            # part and the label's made once per label
+            try:
+                add = me.mixes[label]
+            except KeyError:
+                add = me.mixes[label] = me.index * 7919 + label_code(label)
+            self._trace = (self._trace * 1000003 + add) & 0xFFFFFFFFFFFFFFFF
         if self._on_step:
             for ins in self._on_step:
                 ins.step_taken(self.step, me.index, label, arg, result)

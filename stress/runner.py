@@ -203,11 +203,13 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
              workload: Workload | None = None, lenient: bool = False,
              strategy: Strategy | None = None, step_limit: int | None = None,
              record_steps: bool = True, teardown: bool = True,
-             deadline: float | None = None) -> RunResult:
+             deadline: float | None = None, trace_hash: bool = True) -> RunResult:
     """Run one seed.  ``schedule`` replays a controlled run's decisions (``lenient``:
     decisions that cannot be followed fall back instead of diverging); ``trace`` follows
     a free run's linearised trace under the controlled scheduler; ``workload`` replaces
-    the one the seed would generate (a shrunk repro carries its own)."""
+    the one the seed would generate (a shrunk repro carries its own).
+    ``trace_hash=False``: a controlled run keeps no trace hash (``trace_hash`` is "";
+    a campaign's workers report none)."""
     streams = Streams(seed)
     if workload is None:
         workload = generate(cfg, streams.get("workload"))
@@ -232,7 +234,7 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
                                    horizon=pct_k_of(cfg, seed), sync=is_sync)
         sched = ControlledScheduler(strategy, max_steps=step_limit or cfg.max_steps,
                                     recorder=rec, record_steps=record_steps,
-                                    deadline=deadline)
+                                    deadline=deadline, trace_hash=trace_hash)
     if stop_on is not None:
         def listener(f: Finding) -> None:
             if stop_on(f):
@@ -286,7 +288,8 @@ def run_seed(cfg: RunConfig, seed: int, *, stop_on: StopOn | None = None,
         vcpu_stats=[dict(v.stats) for v in kvm.vcpus], vm_killed=kvm.vm_killed,
         seamcalls={p: dict(c) for p, c in kvm.module.calls_by_phase.items()},
         rows_by_phase=rows_by_phase,
-        schedule=list(sched.decisions), trace_hash=f"{sched.trace_hash:016x}",
+        schedule=list(sched.decisions),
+        trace_hash="" if sched.trace_hash is None else f"{sched.trace_hash:016x}",
         threads=[n for n, _ in threads], step_log=sched.steps if record_steps else [],
         abort_reason=sched.abort_reason, divergence=divergence, workload=workload,
         vm_bugged=kvm.vm_bugged,

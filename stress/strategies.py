@@ -37,9 +37,23 @@ class RandomStrategy(Strategy):
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+        # (another kind of generator may draw its choice() otherwise: it gets choice())
+        self._getrandbits = rng.getrandbits if type(rng) is random.Random else None
 
     def choose(self, view: SchedulerView, runnable: list[int]) -> int:
-        return runnable[0] if len(runnable) == 1 else self.rng.choice(runnable)
+        n = len(runnable)
+        if n == 1:
+            return runnable[0]
+        if self._getrandbits is None:
+            return self.rng.choice(runnable)
+        # self.rng.choice(runnable), written out: CPython's Random.choice() is
+        # seq[_randbelow(len(seq))], _randbelow_with_getrandbits() for random.Random
+        # (tests/test_controlled.py checks that the draws are the same)
+        k = n.bit_length()
+        r = self._getrandbits(k)
+        while r >= n:
+            r = self._getrandbits(k)
+        return runnable[r]
 
 
 def is_sync(label: str) -> bool:
@@ -138,6 +152,7 @@ class PCTStrategy(Strategy):
         self._burst_to = -1
         self._sync_of: dict[str, bool] = {}  # label -> sync(label), asked once a label
         self._fresh = True       # some thread may have no priority yet
+        self._order: list[int] = []   # the threads by priority, highest first (_sort)
 
     def choose(self, view: SchedulerView, runnable: list[int]) -> int:
         priorities = self.priorities
@@ -148,6 +163,7 @@ class PCTStrategy(Strategy):
                     priorities[i] = 1.0 + self.rng.random()
             # every thread is runnable at a run's first decision: this is done once
             self._fresh = len(priorities) < view.nthreads
+            self._sort()
         cur, label = view.current, view.current_label
         if cur is not None and label != "exit":
             # self.sync(label), asked once per label (sync is a function of the label)
@@ -178,18 +194,22 @@ class PCTStrategy(Strategy):
             self._burst_to = others[0] if len(others) == 1 else self.rng.choice(others)
             self._burst = self.rng.randrange(0, BURST)
             return self._burst_to
-        # max(runnable, key=priorities.__getitem__), written out: the first highest
-        best = runnable[0]
-        top = priorities[best]
-        for i in runnable:
-            p = priorities[i]
-            if p > top:
-                best, top = i, p
-        return best
+        # max(runnable, key=priorities.__getitem__): the first highest in ``runnable``
+        # (index order), i.e. the first of _order that is runnable
+        for i in self._order:
+            if i in runnable:
+                return i
+        raise AssertionError(f"no priority for any of {runnable}")   # (none fresh)
 
     def _demote(self, index: int) -> None:
         self._low -= 1.0
         self.priorities[index] = self._low
+        self._sort()
+
+    def _sort(self) -> None:
+        """The threads by priority, highest first (ties: lowest index first)."""
+        priorities = self.priorities
+        self._order = sorted(priorities, key=lambda i: (-priorities[i], i))
 
 
 def keep_running(view: SchedulerView, runnable: list[int]) -> int:

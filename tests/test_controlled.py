@@ -551,3 +551,49 @@ def test_campaign_workers_claim_cpus_no_other_process_holds(tmp_path):
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+class _View:
+    """A stand-in for a SchedulerView: what the strategies read of one."""
+
+    def __init__(self, nthreads: int) -> None:
+        self.nthreads = nthreads
+        self.current: int | None = None
+        self.current_label = ""
+
+
+def test_random_strategy_draws_what_random_choice_draws():
+    """RandomStrategy writes random.Random.choice() out (a frame less at every decision);
+    the threads it picks must be the ones choice() picks from the same generator, or
+    every recorded seed of a random run would mean another run."""
+    for seed in range(20):
+        mine, ref = RandomStrategy(random.Random(seed)), random.Random(seed)
+        view = _View(9)
+        for n in (1, 2, 3, 4, 5, 7, 8, 9, 2, 3) * 30:
+            runnable = list(range(0, 2 * n, 2))
+            assert mine.choose(view, runnable) == (runnable[0] if n == 1
+                                                   else ref.choice(runnable)), (seed, n)
+
+
+def test_pct_picks_the_first_highest_priority_runnable_thread():
+    """PCT keeps its threads sorted by priority; its pick must still be max(runnable, key
+    priority), the first highest in index order, through change points that demote the
+    running thread and through ties."""
+    rng = random.Random(5)
+    for seed in range(40):
+        s = PCTStrategy(random.Random(seed), depth=4, horizon=30, sync=lambda label: True)
+        view = _View(5)
+        for step in range(200):
+            runnable = sorted(rng.sample(range(5), rng.randint(1, 5)))
+            if step == 0:
+                runnable = list(range(5))
+            view.current = None if step == 0 else rng.choice(range(5))
+            view.current_label = "op"
+            if step == 100:                 # a tie: the lower index must win
+                s.priorities[1] = s.priorities[3] = 9.0
+                s._sort()
+            got = s.choose(view, runnable)
+            if s._burst:
+                continue
+            want = max(runnable, key=s.priorities.__getitem__)
+            assert got == want, (seed, step, runnable, s.priorities)
