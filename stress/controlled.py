@@ -367,6 +367,7 @@ class ControlledScheduler:
         self.view = SchedulerView(self)
         self._live: list[_Thread] = []      # the threads not finished, in index order
         self._live_indexes: list[int] = []  # ... and their indexes
+        self._live_but: dict[int, list[int]] = {}   # index -> _live_indexes without it
         self._waiting = 0                   # threads parked at an operation with ready()
         self._waiters: list[_Thread] = []   # ... those threads, in index order
         self._trace = 0                     # TraceHash's value, kept by op()
@@ -421,7 +422,7 @@ class ControlledScheduler:
              join_timeout: float) -> None:
         self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
         self._live = list(self.threads)
-        self._live_indexes = [t.index for t in self.threads]
+        self._set_live([t.index for t in self.threads])
         self._waiting = 0
         self._waiters = []
         for t in self.threads:
@@ -466,8 +467,14 @@ class ControlledScheduler:
         self._live.remove(t)
         # a new list, never one changed in place: op() hands the strategy this list
         # itself when no thread waits, and a strategy may keep what it was given
-        self._live_indexes = [i for i in self._live_indexes if i != t.index]
+        self._set_live([i for i in self._live_indexes if i != t.index])
         self._dispatch(t)
+
+    def _set_live(self, indexes: list[int]) -> None:
+        """The live threads' indexes are now ``indexes`` (a new list: the old one may
+        be held by a strategy), and each of them left out (for op()'s one waiter)."""
+        self._live_indexes = indexes
+        self._live_but = {i: [j for j in indexes if j != i] for i in indexes}
 
     def _runnable(self) -> list[_Thread]:
         return [t for t in self._live if t.ready is None or t.ready()]
@@ -589,11 +596,17 @@ class ControlledScheduler:
         else:
             # _dispatch(me), inline: this thread is live, so the run cannot be over
             if self._waiting:
-                # self._runnable_indexes(), inline
-                indexes = self._live_indexes[:]
-                for t in self._waiters:
-                    if not t.ready():       # type: ignore[misc]
-                        indexes.remove(t.index)
+                # self._runnable_indexes(), inline; one waiter (the common case: a vCPU
+                # spinning while another accepts) takes a list made once
+                waiters = self._waiters
+                if len(waiters) == 1:
+                    t = waiters[0]
+                    indexes = self._live_indexes if t.ready() else self._live_but[t.index]
+                else:
+                    indexes = self._live_indexes[:]
+                    for t in waiters:
+                        if not t.ready():       # type: ignore[misc]
+                            indexes.remove(t.index)
                 if not indexes:
                     if self._no_runnable(me) is not me:
                         me.baton.acquire()
