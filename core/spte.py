@@ -11,7 +11,9 @@ PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G, PG_LEVEL_512G = 1, 2, 3, 4
 ROOT_LEVEL = 4  # 4-level EPT
 # gfn & LEVEL_MASK[level]: gfn_round_for_level(gfn, level), ~(level_pages(level) - 1),
 # looked up rather than computed (every S-EPT access rounds a GFN)
-LEVEL_MASK = (None,) + tuple(-(1 << (9 * (level - 1))) for level in range(1, ROOT_LEVEL + 2))
+# (there is no level 0: its mask is 0)
+LEVEL_MASK: tuple[int, ...] = (0,) + tuple(-(1 << (9 * (level - 1)))
+                                           for level in range(1, ROOT_LEVEL + 2))
 
 VMX_EPT_READABLE_MASK = 1 << 0
 VMX_EPT_WRITABLE_MASK = 1 << 1

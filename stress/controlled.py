@@ -601,7 +601,8 @@ class ControlledScheduler:
                 waiters = self._waiters
                 if len(waiters) == 1:
                     t = waiters[0]
-                    indexes = self._live_indexes if t.ready() else self._live_but[t.index]
+                    can = t.ready()                 # type: ignore[misc]
+                    indexes = self._live_indexes if can else self._live_but[t.index]
                 else:
                     indexes = self._live_indexes[:]
                     for t in waiters:
