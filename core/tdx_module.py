@@ -279,7 +279,7 @@ class TdxModule:
 
     # ------------------------------------------------------------------ S-EPT access
     # (level, gfn_round_for_level(gfn, level)) is the key of an entry; the rounding is
-    # written out in the two helpers every S-EPT access goes through
+    # written out (gfn & LEVEL_MASK[level]) in the helpers every S-EPT access goes through
     def entry(self, gfn: int, level: int) -> SeptEntry:
         key = (level, gfn & LEVEL_MASK[level])
         e = self.entries.get(key)
@@ -808,7 +808,7 @@ class TdxModule:
             # warning); any other leaf above, or a missing or blocked table, is an
             # EPT-violation exit of type ACCEPT to KVM.
             entries = self.entries
-            for lvl in range(ROOT_LEVEL, level, -1):
+            for lvl in _LEVELS_ABOVE[level]:          # ROOT_LEVEL down to level + 1
                 up = entries.get((lvl, gfn & LEVEL_MASK[lvl]))    # peek(gfn, lvl)
                 state = up.state if up else FREE
                 if state == NL_MAPPED:
